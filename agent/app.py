@@ -1,0 +1,167 @@
+"""The one place that builds and wires the agent's components, and runs them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import resource
+import time
+from typing import Any
+
+from agent import __version__
+from agent.model import now_ms
+from agent.outbox import Outbox
+from agent.pipeline import DeviceRunner, Handoff, OutboxWriter, PipelineStats
+from agent.publish.mqtt import MqttPublisher
+from agent.publish.payload import Topics
+from agent.settings import Config
+from drivers.modbus.client import ModbusTcpDriver
+
+__all__ = ["Agent", "read_password"]
+
+log = logging.getLogger(__name__)
+
+# Batches the device tasks may queue ahead of the outbox writer before samples are dropped.
+_HANDOFF_BATCHES = 10_000
+# How long SIGTERM waits for the broker to acknowledge what the outbox still holds.
+SHUTDOWN_DRAIN_S = 5.0
+
+
+def read_password(config: Config) -> str | None:
+    """The MQTT password from its file or environment variable; never logged."""
+    if config.mqtt.password_file is not None:
+        return config.mqtt.password_file.read_text(encoding="utf-8").strip()
+    if config.mqtt.password_env is not None:
+        return os.environ[config.mqtt.password_env]
+    return None
+
+
+class Agent:
+    """Device tasks -> outbox writer -> outbox -> MQTT publisher, plus periodic health."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.topics = Topics(config.mqtt.topic_prefix, config.agent.id)
+        self.stats = PipelineStats()
+        self.started = time.monotonic()
+        self.outbox = Outbox(config.outbox_path, synchronous=config.outbox.synchronous)
+        self.session = self.outbox.next_session()
+        self.publisher = MqttPublisher(
+            config.mqtt,
+            client_id=config.client_id,
+            topics=self.topics,
+            outbox=self.outbox,
+            session=self.session,
+            password=read_password(config),
+        )
+        self.handoff = Handoff(_HANDOFF_BATCHES, self.stats)
+        self.runners = [
+            DeviceRunner(device, ModbusTcpDriver(device), self.handoff)
+            for device in config.devices
+        ]
+        self.writer = OutboxWriter(
+            self.outbox, self.handoff, config.outbox, on_commit=self.publisher.notify
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until `stop` is set, then flush the outbox, say offline and close."""
+        log.info(
+            "shopfloor-agent %s starting as %s (session %d): %d devices, outbox %s.",
+            __version__,
+            self.config.agent.id,
+            self.session,
+            len(self.runners),
+            self.config.outbox_path,
+        )
+        self.publisher.start()
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [
+                    group.create_task(runner.run(), name=f"device {runner.device.name}")
+                    for runner in self.runners
+                ]
+                tasks.append(group.create_task(self.writer.run(), name="outbox writer"))
+                tasks.append(group.create_task(self._health_loop(), name="health"))
+                await stop.wait()
+                log.info("Stopping: flushing the outbox and telling the broker we go offline.")
+                for task in tasks:
+                    task.cancel()
+        finally:
+            self.writer.flush()
+            await asyncio.to_thread(self.publisher.stop, SHUTDOWN_DRAIN_S)
+            left = self.outbox.stats()
+            if left.records:
+                log.warning(
+                    "%d records were not acknowledged before shutdown; they stay in the outbox "
+                    "and are sent after the next start.",
+                    left.records,
+                )
+            self.outbox.close()
+            log.info("Stopped.")
+
+    async def _health_loop(self) -> None:
+        while True:
+            self.publisher.offer_health(await asyncio.to_thread(self.health))
+            await asyncio.sleep(self.config.mqtt.health_interval)
+
+    def health(self) -> dict[str, Any]:
+        """The health report published on `.../health`."""
+        outbox = self.outbox.stats()
+        now = now_ms()
+        publisher = self.publisher.stats
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        devices = {}
+        for runner in self.runners:
+            health = runner.driver.health()
+            devices[runner.device.name] = {
+                "state": health.state.value,
+                "since": health.since_ms,
+                "last_error": health.last_error,
+                "last_good_read": health.last_good_read_ms,
+                "reads": health.reads,
+                "read_errors": health.read_errors,
+                "requests": health.requests,
+                "polls_late": self.stats.polls_late.get(runner.device.name, 0),
+            }
+        return {
+            "ts": now,
+            "agent": self.config.agent.id,
+            "session": self.session,
+            "version": __version__,
+            "uptime_s": round(time.monotonic() - self.started, 1),
+            "outbox": {
+                "rows": outbox.rows,
+                "records": outbox.records,
+                "oldest_age_s": None
+                if outbox.oldest_ts is None
+                else round((now - outbox.oldest_ts) / 1000, 1),
+            },
+            "pipeline": {
+                "samples_in": self.stats.samples_in,
+                "records_committed": self.stats.records_committed,
+                "records_dropped": self.stats.records_dropped,
+            },
+            "mqtt": {
+                "connected": publisher.connected,
+                "connects": publisher.connects,
+                "messages_sent": publisher.messages_sent,
+                "records_sent": publisher.records_sent,
+                "messages_failed": publisher.messages_failed,
+                "failures": dict(publisher.failures),
+                "in_flight": publisher.in_flight,
+            },
+            "devices": devices,
+            "process": {
+                "rss_mib": round(_rss_bytes() / 2**20, 1),
+                "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
+            },
+        }
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm", encoding="ascii") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -1,0 +1,1 @@
+"""Getting records from the outbox to the platform's broker."""

@@ -1,0 +1,333 @@
+"""The MQTT publisher: one thread that moves outbox rows to the broker and deletes them only
+after the broker's PUBACK for the message that carried them.
+
+paho's callbacks run on paho's network thread; they only put what happened on a queue and wake
+the publisher thread, and they never raise (an exception there silently kills paho's thread).
+Everything else, publishing included, happens on the publisher thread, so the mid -> rows map
+is only touched there: an acknowledgement that arrives before `publish()` returns its mid just
+waits in the queue until the map has it.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.reasoncodes import ReasonCode
+
+from agent.model import now_ms
+from agent.outbox import Outbox, StoredRow
+from agent.publish.payload import Topics, dumps, message_payload
+from agent.settings import MqttSettings
+
+__all__ = ["MqttPublisher", "PublisherStats"]
+
+log = logging.getLogger(__name__)
+
+# Rows leased per round; many rows go into one message, so this bounds memory, not throughput.
+_LEASE_ROWS = 500
+# After the broker rejects a message, wait this long before offering its rows again.
+_REJECT_BACKOFF_S = 5.0
+
+
+@dataclass(slots=True)
+class PublisherStats:
+    """Counters reported in health."""
+
+    connected: bool = False
+    messages_sent: int = 0
+    records_sent: int = 0
+    messages_failed: int = 0
+    failures: Counter[str] = field(default_factory=Counter)
+    connects: int = 0
+    in_flight: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _InFlight:
+    row_ids: tuple[int, ...]
+    records: int
+
+
+class MqttPublisher:
+    """Publishes outbox rows, status and health; runs its own thread once `start()`ed."""
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        *,
+        client_id: str,
+        topics: Topics,
+        outbox: Outbox,
+        session: int,
+        password: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.topics = topics
+        self.outbox = outbox
+        self.session = session
+        self.stats = PublisherStats()
+        self._client_id = client_id
+        self._password = password
+        self._events: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._in_flight: dict[int, _InFlight] = {}
+        self._in_flight_rows: set[int] = set()
+        self._cursor = 0
+        self._seq = 0
+        self._connected = False
+        self._hold_until = 0.0
+        self._health: dict[str, Any] | None = None
+        self._stop_deadline: float | None = None
+        self._thread = threading.Thread(target=self._run, name="mqtt-publisher", daemon=True)
+        self._client = self._make_client()
+
+    # -- called from other threads -------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start connecting (in the background, retried until it succeeds) and publishing."""
+        self._client.connect_async(
+            self.settings.host, self.settings.port, keepalive=int(self.settings.keepalive)
+        )
+        self._client.loop_start()
+        self._thread.start()
+
+    def notify(self) -> None:
+        """New rows were committed."""
+        self._wake.set()
+
+    def offer_health(self, report: dict[str, Any]) -> None:
+        """Publish this health report when connected (the newest one wins)."""
+        self._health = report
+        self._wake.set()
+
+    def stop(self, timeout: float) -> None:
+        """Deliver what the outbox holds for up to `timeout` seconds, then say offline and close.
+
+        Rows not acknowledged by then stay in the outbox for the next start.
+        """
+        self._stop_deadline = time.monotonic() + timeout
+        self._wake.set()
+        self._thread.join(timeout + 5)
+        self._client.loop_stop()
+
+    # -- paho callbacks (paho's thread): record and wake, nothing else ------------------------
+
+    def _make_client(self) -> mqtt.Client:
+        version = mqtt.MQTTv5 if self.settings.version == "5" else mqtt.MQTTv311
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self._client_id,
+            protocol=version,
+            reconnect_on_failure=True,
+        )
+        client.max_inflight_messages_set(self.settings.max_inflight)
+        client.reconnect_delay_set(
+            int(max(1, self.settings.reconnect_min)), int(self.settings.reconnect_max)
+        )
+        if self.settings.username:
+            client.username_pw_set(self.settings.username, self._password)
+        client.will_set(
+            self.topics.status,
+            self._status_payload("offline", "connection lost"),
+            qos=1,
+            retain=True,
+        )
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        return client
+
+    def _on_connect(
+        self, _client: Any, _userdata: Any, _flags: Any, reason: ReasonCode, _props: Any
+    ) -> None:
+        self._events.put(lambda: self._handle_connect(reason))
+        self._wake.set()
+
+    def _on_disconnect(
+        self, _client: Any, _userdata: Any, _flags: Any, reason: ReasonCode, _props: Any
+    ) -> None:
+        self._events.put(lambda: self._handle_disconnect(reason))
+        self._wake.set()
+
+    def _on_publish(
+        self, _client: Any, _userdata: Any, mid: int, reason: ReasonCode, _props: Any
+    ) -> None:
+        self._events.put(lambda: self._handle_ack(mid, reason))
+        self._wake.set()
+
+    # -- the publisher thread ------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while True:
+                self._wake.wait(0.5)
+                self._wake.clear()
+                self._drain_events()
+                if self._stop_deadline is not None and self._finished():
+                    break
+                if self._connected:
+                    self._publish_health()
+                    self._fill_window()
+        except Exception:
+            log.exception("The MQTT publisher stopped on an unexpected error; data stays queued.")
+        finally:
+            self._say_offline()
+
+    def _finished(self) -> bool:
+        assert self._stop_deadline is not None
+        if time.monotonic() >= self._stop_deadline or not self._connected:
+            return True
+        return not self._in_flight and not self._leasable(1)
+
+    def _drain_events(self) -> None:
+        while True:
+            try:
+                self._events.get_nowait()()
+            except queue.Empty:
+                return
+
+    def _handle_connect(self, reason: ReasonCode) -> None:
+        if reason.is_failure:
+            self.stats.failures[f"connect: {reason}"] += 1
+            if self.stats.failures[f"connect: {reason}"] == 1:
+                log.error(
+                    "The broker %s:%d refused the connection: %s. Samples are kept in the outbox; "
+                    "check the MQTT credentials and the client id.",
+                    self.settings.host,
+                    self.settings.port,
+                    reason,
+                )
+            return
+        self._connected = True
+        self.stats.connected = True
+        self.stats.connects += 1
+        log.info(
+            "Connected to the MQTT broker %s:%d as %s (%s).",
+            self.settings.host,
+            self.settings.port,
+            self._client_id,
+            "first connection" if self.stats.connects == 1 else f"reconnect {self.stats.connects}",
+        )
+        self._client.publish(
+            self.topics.status, self._status_payload("online", None), qos=1, retain=True
+        )
+
+    def _handle_disconnect(self, reason: ReasonCode) -> None:
+        if not self._connected:
+            return
+        self._connected = False
+        self.stats.connected = False
+        log.warning(
+            "Lost the connection to the MQTT broker %s:%d (%s); %d messages in flight will be "
+            "sent again and new samples wait in the outbox.",
+            self.settings.host,
+            self.settings.port,
+            reason,
+            len(self._in_flight),
+        )
+
+    def _handle_ack(self, mid: int, reason: ReasonCode) -> None:
+        flight = self._in_flight.pop(mid, None)
+        if flight is None:
+            return  # status or health
+        self._in_flight_rows.difference_update(flight.row_ids)
+        self.stats.in_flight = len(self._in_flight)
+        if reason.is_failure:
+            self.stats.messages_failed += 1
+            self.stats.failures[str(reason)] += 1
+            if self.stats.failures[str(reason)] == 1:
+                log.error(
+                    "The broker rejected a message (%s); its %d records stay in the outbox and "
+                    "are offered again every %.0f s.",
+                    reason,
+                    flight.records,
+                    _REJECT_BACKOFF_S,
+                )
+            self._cursor = min(self._cursor, min(flight.row_ids) - 1)
+            self._hold_until = time.monotonic() + _REJECT_BACKOFF_S
+            return
+        self.stats.messages_sent += 1
+        self.stats.records_sent += flight.records
+        self.outbox.delete(flight.row_ids)
+
+    def _leasable(self, limit: int) -> list[StoredRow]:
+        rows = self.outbox.lease(self._cursor, limit + len(self._in_flight_rows))
+        return [row for row in rows if row.id not in self._in_flight_rows][:limit]
+
+    def _fill_window(self) -> None:
+        while len(self._in_flight) < self.settings.max_inflight:
+            if time.monotonic() < self._hold_until:
+                return
+            rows = self._leasable(_LEASE_ROWS)
+            if not rows:
+                return
+            for kind, group in self._pack(rows):
+                if not self._publish_rows(kind, group):
+                    return
+            self._cursor = max(self._cursor, rows[-1].id)
+
+    def _pack(self, rows: list[StoredRow]) -> list[tuple[str, list[StoredRow]]]:
+        """Group rows by topic into messages no larger than the payload cap, oldest first."""
+        limit = self.settings.max_payload_bytes - 128
+        open_messages: dict[tuple[str, str], tuple[list[StoredRow], int]] = {}
+        done: list[tuple[str, list[StoredRow]]] = []
+        for row in rows:
+            key = (row.kind, row.topic)
+            group, size = open_messages.get(key, ([], 0))
+            if group and size + len(row.body) > limit:
+                done.append((row.kind, group))
+                group, size = [], 0
+            group.append(row)
+            open_messages[key] = (group, size + len(row.body))
+        done.extend((kind, group) for (kind, _topic), (group, _size) in open_messages.items())
+        done.sort(key=lambda message: message[1][0].id)
+        return done
+
+    def _publish_rows(self, kind: str, rows: list[StoredRow]) -> bool:
+        self._seq += 1
+        payload = message_payload(self.topics.agent_id, self.session, self._seq, kind, rows)
+        info = self._client.publish(
+            self.topics.for_row(rows[0]), payload, qos=self.settings.qos, retain=False
+        )
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            # paho did not take the message at all (queue full, payload too large): retry later.
+            self.stats.failures[f"publish: {mqtt.error_string(info.rc)}"] += 1
+            self._cursor = min(self._cursor, rows[0].id - 1)
+            self._hold_until = time.monotonic() + _REJECT_BACKOFF_S
+            return False
+        ids = tuple(row.id for row in rows)
+        self._in_flight[info.mid] = _InFlight(ids, sum(row.n for row in rows))
+        self._in_flight_rows.update(ids)
+        self.stats.in_flight = len(self._in_flight)
+        return True
+
+    def _publish_health(self) -> None:
+        report, self._health = self._health, None
+        if report is not None:
+            self._client.publish(self.topics.health, dumps(report), qos=0, retain=False)
+
+    def _say_offline(self) -> None:
+        if self._connected:
+            info = self._client.publish(
+                self.topics.status, self._status_payload("offline", "shutdown"), qos=1, retain=True
+            )
+            try:
+                info.wait_for_publish(timeout=2)
+            except (RuntimeError, ValueError):
+                pass
+        self._client.disconnect()
+
+    def _status_payload(self, state: str, reason: str | None) -> str:
+        status: dict[str, Any] = {"state": state, "session": self.session, "ts": now_ms()}
+        if reason:
+            status["reason"] = reason
+        return dumps(status)

@@ -1,0 +1,58 @@
+"""Topic names and JSON payloads published by the agent."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from agent.outbox import StoredRow
+
+__all__ = ["Topics", "dumps", "message_payload"]
+
+
+def dumps(document: Any) -> str:
+    """Compact JSON, the form of every payload."""
+    return json.dumps(document, separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """The agent's namespace `{prefix}/{agent_id}` and the topics below it."""
+
+    prefix: str
+    agent_id: str
+
+    @property
+    def root(self) -> str:
+        """`{prefix}/{agent_id}`."""
+        return f"{self.prefix}/{self.agent_id}"
+
+    @property
+    def status(self) -> str:
+        """Retained online/offline, also the last will."""
+        return f"{self.root}/status"
+
+    @property
+    def health(self) -> str:
+        """Periodic health report."""
+        return f"{self.root}/health"
+
+    def for_row(self, row: StoredRow) -> str:
+        """`.../metrics/{device}` or `.../events/{kind}`."""
+        return f"{self.root}/{row.kind}/{row.topic}"
+
+
+def message_payload(
+    agent_id: str, session: int, seq: int, kind: str, rows: Sequence[StoredRow]
+) -> bytes:
+    """One message carrying the records of several outbox rows of one topic.
+
+    Rows already hold JSON arrays, so their contents are joined as text, not re-encoded.
+    The key is `samples` for metrics and `events` for events.
+    """
+    key = "samples" if kind == "metrics" else "events"
+    records = ",".join(row.body[1:-1] for row in rows if len(row.body) > 2)
+    head = dumps({"agent": agent_id, "session": session, "seq": seq})
+    return f'{head[:-1]},"{key}":[{records}]}}'.encode()

@@ -1,0 +1,1 @@
+"""Protocol drivers: each reads and writes one device and turns its values into Samples."""

@@ -1,0 +1,81 @@
+"""The contract every driver keeps, and the errors it raises."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Generic, Protocol, TypeVar
+
+from agent.model import Sample, Value
+
+__all__ = [
+    "Driver",
+    "DriverError",
+    "Health",
+    "LinkState",
+    "NotConnected",
+    "Unsupported",
+]
+
+PointT = TypeVar("PointT", contravariant=True)
+
+
+class DriverError(Exception):
+    """A device could not do what was asked."""
+
+
+class NotConnected(DriverError):
+    """The link to the device is down; the device task goes back to connecting."""
+
+
+class Unsupported(DriverError):
+    """The driver cannot do this (for example subscribe on a poll-only protocol)."""
+
+
+class LinkState(str, Enum):
+    """Where a device's connection stands."""
+
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    DISCONNECTED = "disconnected"
+
+
+@dataclass(slots=True)
+class Health:
+    """What a driver reports about its device: link state and counters since start."""
+
+    state: LinkState = LinkState.CONNECTING
+    since_ms: int = 0
+    last_error: str | None = None
+    last_good_read_ms: int | None = None
+    reads: int = 0
+    read_errors: int = 0
+    requests: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+class Driver(Protocol, Generic[PointT]):
+    """A connection to one device. Constructors and validation do no I/O."""
+
+    async def connect(self) -> None:
+        """Open the link; raise `NotConnected` if the device cannot be reached."""
+
+    async def close(self) -> None:
+        """Close the link; never raises."""
+
+    async def read(self, points: Sequence[PointT]) -> list[Sample]:
+        """Read points in as few round trips as possible.
+
+        A point that fails gives a BAD sample with a reason; only a lost link raises
+        `NotConnected`.
+        """
+
+    def subscribe(self, points: Sequence[PointT]) -> AsyncIterator[Sample]:
+        """Stream changes; raises `Unsupported` on poll-only protocols."""
+
+    async def write(self, point: PointT, value: Value) -> None:
+        """Write one value, encoded with the point's own type."""
+
+    def health(self) -> Health:
+        """State, since when, last error and counters."""

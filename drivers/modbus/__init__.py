@@ -1,0 +1,1 @@
+"""Modbus TCP driver: codec, read planner and the device client."""

@@ -1,0 +1,113 @@
+"""A throwaway local Mosquitto broker for the demo, the benchmark and the tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+__all__ = ["BrokerNotFound", "LocalBroker", "free_port"]
+
+
+class BrokerNotFound(RuntimeError):
+    """Mosquitto is not installed."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _mosquitto() -> str:
+    found = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/sbin")
+    if not found:
+        raise BrokerNotFound(
+            "mosquitto is not installed; on Debian or Ubuntu: sudo apt-get install mosquitto"
+        )
+    return found
+
+
+class LocalBroker:
+    """Mosquitto on 127.0.0.1 with its own config in a temporary directory.
+
+    `stop()`/`start()` restart it on the same port; `pause()`/`resume()` freeze it with
+    SIGSTOP/SIGCONT to make a half-open connection.
+    """
+
+    def __init__(self, port: int | None = None, *, extra_config: str = "") -> None:
+        self.port = port or free_port()
+        self.host = "127.0.0.1"
+        self._dir = Path(tempfile.mkdtemp(prefix="shopfloor-broker-"))
+        self._config = self._dir / "mosquitto.conf"
+        self._log = self._dir / "mosquitto.log"
+        lines = [
+            f"listener {self.port} 127.0.0.1",
+            "allow_anonymous true",
+            "persistence false",
+            "log_dest stderr",
+            "log_type error",
+            "log_type warning",
+            "max_inflight_messages 100",
+        ]
+        if os.geteuid() == 0:
+            lines.append("user root")  # otherwise it drops to 'mosquitto' and cannot read _dir
+        self._config.write_text("\n".join(lines) + "\n" + extra_config)
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start and wait until it accepts connections."""
+        if self._process is not None:
+            return
+        with self._log.open("ab") as log:
+            self._process = subprocess.Popen(
+                [_mosquitto(), "-c", str(self._config)], stdout=log, stderr=log
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"mosquitto exited at start: {self._log.read_text()[-2000:]}")
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"mosquitto did not listen on port {self.port} within {timeout}s")
+
+    def stop(self) -> None:
+        """Terminate it (clients see the connection close)."""
+        if self._process is None:
+            return
+        self._process.send_signal(signal.SIGCONT)
+        self._process.terminate()
+        try:
+            self._process.wait(5)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        self._process = None
+
+    def pause(self) -> None:
+        """Freeze the broker: connections stay open but nothing is answered."""
+        if self._process is not None:
+            self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Unfreeze after `pause()`."""
+        if self._process is not None:
+            self._process.send_signal(signal.SIGCONT)
+
+    def __enter__(self) -> LocalBroker:
+        self.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+        shutil.rmtree(self._dir, ignore_errors=True)

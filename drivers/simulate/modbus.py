@@ -1,0 +1,309 @@
+"""Simulated Modbus TCP devices: a press-line PLC and a three-phase power meter.
+
+Each runs a real pymodbus server in a thread of its own, so the demo, the benchmark and the
+tests talk to it over TCP exactly as to a real device, and can stop and restart it.
+
+Register maps (0-based protocol addresses) are in `PRESS_LINE_MAP` and `METER_MAP`; the meter
+follows the Eastron SDM630 input-register layout so a future SDM630 profile reads it as is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from typing import Literal
+
+from pymodbus.server import ModbusTcpServer
+from pymodbus.simulator import DataType, SimData, SimDevice
+
+from agent.settings import ModbusTable, ModbusType, WordOrder
+from drivers.modbus.codec import encode
+
+__all__ = [
+    "METER_MAP",
+    "PRESS_LINE_MAP",
+    "SimulatedModbusServer",
+    "SimulatedPoint",
+    "meter_model",
+    "press_line_model",
+]
+
+logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+
+_FUNCTION_CODE: dict[str, int] = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}
+_TABLE_SIZE = 10_000
+
+SimulatedPoint = tuple[str, ModbusTable, int, ModbusType, WordOrder, str]
+"""(name, table, address, type, order, unit): one entry of a simulated register map."""
+
+PRESS_LINE_MAP: list[SimulatedPoint] = [
+    ("state", "holding", 0, "uint16", "ABCD", "0 off, 1 idle, 2 producing, 3 fault"),
+    ("parts_total", "holding", 1, "uint32", "ABCD", "parts"),
+    ("strokes_per_min", "holding", 3, "int16", "ABCD", "1/min"),
+    ("oil_temp", "holding", 10, "float32", "ABCD", "degC"),
+    ("die_temp", "holding", 12, "float32", "CDAB", "degC"),
+    ("pressure", "holding", 14, "float32", "ABCD", "bar"),
+    ("motor_current_x10", "holding", 16, "uint16", "ABCD", "0.1 A"),
+    ("ambient_temp_x100", "input", 0, "int16", "ABCD", "0.01 degC"),
+    ("running", "coil", 0, "bool", "ABCD", ""),
+    ("door_closed", "discrete", 0, "bool", "ABCD", ""),
+]
+
+METER_MAP: list[SimulatedPoint] = [
+    ("voltage_l1", "input", 0, "float32", "ABCD", "V"),
+    ("voltage_l2", "input", 2, "float32", "ABCD", "V"),
+    ("voltage_l3", "input", 4, "float32", "ABCD", "V"),
+    ("current_l1", "input", 6, "float32", "ABCD", "A"),
+    ("current_l2", "input", 8, "float32", "ABCD", "A"),
+    ("current_l3", "input", 10, "float32", "ABCD", "A"),
+    ("power_l1", "input", 12, "float32", "ABCD", "W"),
+    ("power_l2", "input", 14, "float32", "ABCD", "W"),
+    ("power_l3", "input", 16, "float32", "ABCD", "W"),
+    ("power_total", "input", 52, "float32", "ABCD", "W"),
+    ("frequency", "input", 70, "float32", "ABCD", "Hz"),
+    ("energy_import", "input", 72, "float32", "ABCD", "kWh"),
+]
+
+Model = Callable[[float], dict[str, float]]
+"""Maps seconds since the simulator started to the value of every named point."""
+
+
+def press_line_model(seed: int = 7) -> Model:
+    """A hydraulic press: producing most of the time, idle now and then, warming up slowly."""
+    rng = random.Random(seed)
+    parts = 0
+    last_part_at = 0.0
+
+    def values(t: float) -> dict[str, float]:
+        nonlocal parts, last_part_at
+        cycle = t % 120
+        state = 1 if cycle > 100 else 2
+        strokes = 20 if state == 2 else 0
+        if state == 2 and t - last_part_at >= 60 / strokes:
+            parts += 1
+            last_part_at = t
+        warm = 1 - math.exp(-t / 600)
+        return {
+            "state": state,
+            "parts_total": parts,
+            "strokes_per_min": strokes,
+            "oil_temp": round(35 + 15 * warm + 0.8 * math.sin(t / 17) + rng.gauss(0, 0.05), 2),
+            "die_temp": round(60 + 40 * warm + 2 * math.sin(t / 23), 2),
+            "pressure": round((180 if state == 2 else 20) + rng.gauss(0, 1.5), 1),
+            "motor_current_x10": int((42 if state == 2 else 8) * 10 + rng.gauss(0, 3)),
+            "ambient_temp_x100": int(2150 + 150 * math.sin(t / 300)),
+            "running": 1.0 if state == 2 else 0.0,
+            "door_closed": 1.0,
+        }
+
+    return values
+
+
+def meter_model(seed: int = 11) -> Model:
+    """A three-phase meter feeding the press: power follows its duty cycle, energy integrates."""
+    rng = random.Random(seed)
+    energy_kwh = 12_345.0
+    last_t = 0.0
+
+    def values(t: float) -> dict[str, float]:
+        nonlocal energy_kwh, last_t
+        producing = (t % 120) <= 100
+        result: dict[str, float] = {"frequency": round(50 + rng.gauss(0, 0.01), 3)}
+        total = 0.0
+        for phase in (1, 2, 3):
+            voltage = 230 + rng.gauss(0, 0.8)
+            current = (18.0 if producing else 3.5) + rng.gauss(0, 0.3)
+            power = voltage * current * 0.92
+            result[f"voltage_l{phase}"] = round(voltage, 2)
+            result[f"current_l{phase}"] = round(current, 3)
+            result[f"power_l{phase}"] = round(power, 1)
+            total += power
+        result["power_total"] = round(total, 1)
+        energy_kwh += total * (t - last_t) / 3_600_000
+        last_t = t
+        result["energy_import"] = energy_kwh
+        return result
+
+    return values
+
+
+class SimulatedModbusServer:
+    """A real Modbus TCP server on `host:port` whose registers a model (or a test) writes.
+
+    All four tables hold 10,000 entries at addresses 0-9,999 for every unit id in `unit_ids`.
+    `start()` and `stop()` may be called repeatedly to simulate a device going away.
+    """
+
+    def __init__(
+        self,
+        port: int,
+        *,
+        host: str = "127.0.0.1",
+        unit_ids: Sequence[int] = (1,),
+        register_map: Sequence[SimulatedPoint] = (),
+        model: Model | None = None,
+        tick: float = 0.1,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.unit_ids = tuple(unit_ids)
+        self.register_map = {entry[0]: entry for entry in register_map}
+        self.model = model
+        self.tick = tick
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: ModbusTcpServer | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping: asyncio.Event | None = None
+        self._started = threading.Event()
+        self._start_error: BaseException | None = None
+        # Register contents survive stop/start like a real device's memory.
+        self._memory: dict[tuple[int, str], list[int] | list[bool]] = {}
+
+    def start(self) -> None:
+        """Listen on the port (returns once the server accepts connections)."""
+        if self._thread is not None:
+            return
+        self._started.clear()
+        self._start_error = None
+        self._thread = threading.Thread(target=self._thread_main, name="modbus-sim", daemon=True)
+        self._thread.start()
+        self._started.wait(10)
+        if self._start_error is not None:
+            self._thread = None
+            raise self._start_error
+
+    def stop(self) -> None:
+        """Close the server and every client connection."""
+        if self._thread is None or self._loop is None or self._stopping is None:
+            return
+        self._loop.call_soon_threadsafe(self._stopping.set)
+        self._thread.join(10)
+        self._thread = None
+
+    def __enter__(self) -> SimulatedModbusServer:
+        self.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+    def set_registers(
+        self, table: ModbusTable, address: int, values: list[int] | list[bool], unit: int = 1
+    ) -> None:
+        """Write raw registers (or bits) into the server's memory."""
+        self._call(self._set(unit, table, address, values))
+
+    def get_registers(
+        self, table: ModbusTable, address: int, count: int, unit: int = 1
+    ) -> list[int] | list[bool]:
+        """Read raw registers (or bits) from the server's memory."""
+        assert self._server is not None
+        result: list[int] | list[bool] = self._call(
+            self._server.async_getValues(unit, _FUNCTION_CODE[table], address, count)
+        )
+        return result
+
+    def set_value(
+        self,
+        table: ModbusTable,
+        address: int,
+        value: float,
+        value_type: ModbusType,
+        order: WordOrder = "ABCD",
+        unit: int = 1,
+    ) -> None:
+        """Encode a typed value as a reader with the same type and order expects it."""
+        if table in ("coil", "discrete"):
+            self.set_registers(table, address, [bool(value)], unit)
+        else:
+            self.set_registers(table, address, encode(value, value_type, order), unit)
+
+    # -- the server thread ---------------------------------------------------------------------
+
+    def _call(self, coroutine: object) -> object:
+        if self._loop is None:
+            raise RuntimeError("the simulated server is not running")
+        future: Future[object] = asyncio.run_coroutine_threadsafe(coroutine, self._loop)  # type: ignore[arg-type]
+        return future.result(5)
+
+    def _thread_main(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        except BaseException as exc:  # reported to start()
+            self._start_error = exc
+            self._started.set()
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        devices = [
+            SimDevice(
+                id=unit,
+                simdata=(
+                    [SimData(0, count=_TABLE_SIZE, values=False, datatype=DataType.BITS)],
+                    [SimData(0, count=_TABLE_SIZE, values=False, datatype=DataType.BITS)],
+                    [SimData(0, count=_TABLE_SIZE, values=0, datatype=DataType.REGISTERS)],
+                    [SimData(0, count=_TABLE_SIZE, values=0, datatype=DataType.REGISTERS)],
+                ),
+            )
+            for unit in self.unit_ids
+        ]
+        server = ModbusTcpServer(devices, address=(self.host, self.port))
+        await server.serve_forever(background=True)
+        self._server = server
+        for (unit, table), values in self._memory.items():
+            await server.async_setValues(unit, _FUNCTION_CODE[table], 0, values)
+        self._started.set()
+        began = time.monotonic()
+        try:
+            while not self._stopping.is_set():
+                if self.model is not None:
+                    await self._apply_model(self.model(time.monotonic() - began))
+                try:
+                    await asyncio.wait_for(self._stopping.wait(), self.tick)
+                except TimeoutError:
+                    pass
+            for unit in self.unit_ids:
+                for table in _FUNCTION_CODE:
+                    self._memory[(unit, table)] = await server.async_getValues(
+                        unit, _FUNCTION_CODE[table], 0, _TABLE_SIZE
+                    )
+        finally:
+            await server.shutdown()
+            self._server = None
+
+    async def _apply_model(self, values: dict[str, float]) -> None:
+        for name, value in values.items():
+            entry = self.register_map.get(name)
+            if entry is None:
+                continue
+            _name, table, address, value_type, order, _unit = entry
+            for unit in self.unit_ids:
+                if table in ("coil", "discrete"):
+                    await self._set(unit, table, address, [bool(value)])
+                else:
+                    await self._set(unit, table, address, encode(value, value_type, order))
+
+    async def _set(
+        self, unit: int, table: ModbusTable, address: int, values: list[int] | list[bool]
+    ) -> None:
+        assert self._server is not None
+        await self._server.async_setValues(unit, _FUNCTION_CODE[table], address, values)
+
+
+SimulatorKind = Literal["press-line", "meter"]
+
+
+def build_simulator(kind: SimulatorKind, port: int, host: str = "127.0.0.1") -> SimulatedModbusServer:
+    """The press-line PLC or the meter, ready to `start()`."""
+    if kind == "press-line":
+        return SimulatedModbusServer(
+            port, host=host, register_map=PRESS_LINE_MAP, model=press_line_model()
+        )
+    return SimulatedModbusServer(port, host=host, register_map=METER_MAP, model=meter_model())
