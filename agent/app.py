@@ -57,8 +57,7 @@ class Agent:
         )
         self.handoff = Handoff(_HANDOFF_BATCHES, self.stats)
         self.runners = [
-            DeviceRunner(device, ModbusTcpDriver(device), self.handoff)
-            for device in config.devices
+            DeviceRunner(device, ModbusTcpDriver(device), self.handoff) for device in config.devices
         ]
         self.writer = OutboxWriter(
             self.outbox, self.handoff, config.outbox, on_commit=self.publisher.notify

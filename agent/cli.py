@@ -109,9 +109,7 @@ def _parser() -> argparse.ArgumentParser:
         "data arriving at the broker live. Ctrl-C stops everything it started.",
         "shopfloor demo",
     )
-    demo.add_argument(
-        "--duration", type=float, default=None, help="stop after this many seconds"
-    )
+    demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     demo.set_defaults(handler=_demo)
     return parser
 

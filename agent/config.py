@@ -81,7 +81,11 @@ def load_config(path: str | Path) -> Config:
     document = load_yaml(path)
     if not isinstance(document, CommentedMap):
         raise ConfigError(
-            [ConfigProblem(str(path), 1, 1, "(file)", "expected a mapping with agent, mqtt, devices")]
+            [
+                ConfigProblem(
+                    str(path), 1, 1, "(file)", "expected a mapping with agent, mqtt, devices"
+                )
+            ]
         )
     locator = _Locator(str(path), document)
     try:

@@ -44,7 +44,9 @@ class BrokerView:
         self.events: deque[str] = deque(maxlen=5)
         self.arrivals: deque[tuple[float, int]] = deque()
         self._lock = threading.Lock()
-        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"demo-view-{os.getpid()}")
+        self._client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"demo-view-{os.getpid()}"
+        )
         self._client.on_connect = lambda c, *_: c.subscribe(f"{root}/#", qos=1)
         self._client.on_message = self._on_message
         self._client.connect_async(host, port)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 __all__ = ["Event", "Quality", "Sample", "Value", "now_ms"]
@@ -12,7 +12,12 @@ __all__ = ["Event", "Quality", "Sample", "Value", "now_ms"]
 Value = float | int | bool | str | None
 
 
-class Quality(str, Enum):
+def now_ms() -> int:
+    """Wall-clock time in milliseconds since the epoch, UTC."""
+    return time.time_ns() // 1_000_000
+
+
+class Quality(StrEnum):
     """How far a value can be trusted; the wire form is the lower-case name."""
 
     GOOD = "good"
@@ -54,7 +59,7 @@ class Event:
     kind: str
     source: str
     message: str
-    ts: int = field(default_factory=lambda: now_ms())
+    ts: int = field(default_factory=now_ms)
     data: dict[str, Any] = field(default_factory=dict)
 
     def to_wire(self) -> dict[str, Any]:
@@ -66,8 +71,3 @@ class Event:
             "ts": self.ts,
             **({"data": self.data} if self.data else {}),
         }
-
-
-def now_ms() -> int:
-    """Wall-clock time in milliseconds since the epoch, UTC."""
-    return time.time_ns() // 1_000_000

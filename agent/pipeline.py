@@ -178,7 +178,9 @@ class DeviceRunner:
         if error:
             data["error"] = error
         message = f"Device {self.device.name} is {state}" + (f": {error}" if error else ".")
-        self.handoff.put(Batch("events", "link", [Event("link", self.device.name, message, data=data)]))
+        self.handoff.put(
+            Batch("events", "link", [Event("link", self.device.name, message, data=data)])
+        )
 
 
 class OutboxWriter:

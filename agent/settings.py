@@ -101,7 +101,7 @@ class MqttSettings(_Strict):
     host: Host
     port: Port = 1883
     client_id: Name | None = None
-    version: Annotated[Literal["5", "3.1.1"], BeforeValidator(lambda v: str(v))] = "5"
+    version: Annotated[Literal["5", "3.1.1"], BeforeValidator(str)] = "5"
     username: str | None = None
     password_file: Path | None = None
     password_env: str | None = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Generic, Protocol, TypeVar
 
 from agent.model import Sample, Value
@@ -18,7 +18,7 @@ __all__ = [
     "Unsupported",
 ]
 
-PointT = TypeVar("PointT", contravariant=True)
+PointT_contra = TypeVar("PointT_contra", contravariant=True)
 
 
 class DriverError(Exception):
@@ -33,7 +33,7 @@ class Unsupported(DriverError):
     """The driver cannot do this (for example subscribe on a poll-only protocol)."""
 
 
-class LinkState(str, Enum):
+class LinkState(StrEnum):
     """Where a device's connection stands."""
 
     CONNECTING = "connecting"
@@ -55,7 +55,7 @@ class Health:
     extra: dict[str, int] = field(default_factory=dict)
 
 
-class Driver(Protocol, Generic[PointT]):
+class Driver(Protocol, Generic[PointT_contra]):
     """A connection to one device. Constructors and validation do no I/O."""
 
     async def connect(self) -> None:
@@ -64,17 +64,17 @@ class Driver(Protocol, Generic[PointT]):
     async def close(self) -> None:
         """Close the link; never raises."""
 
-    async def read(self, points: Sequence[PointT]) -> list[Sample]:
+    async def read(self, points: Sequence[PointT_contra]) -> list[Sample]:
         """Read points in as few round trips as possible.
 
         A point that fails gives a BAD sample with a reason; only a lost link raises
         `NotConnected`.
         """
 
-    def subscribe(self, points: Sequence[PointT]) -> AsyncIterator[Sample]:
+    def subscribe(self, points: Sequence[PointT_contra]) -> AsyncIterator[Sample]:
         """Stream changes; raises `Unsupported` on poll-only protocols."""
 
-    async def write(self, point: PointT, value: Value) -> None:
+    async def write(self, point: PointT_contra, value: Value) -> None:
         """Write one value, encoded with the point's own type."""
 
     def health(self) -> Health:

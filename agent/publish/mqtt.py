@@ -10,6 +10,7 @@ waits in the queue until the map has it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -320,10 +321,8 @@ class MqttPublisher:
             info = self._client.publish(
                 self.topics.status, self._status_payload("offline", "shutdown"), qos=1, retain=True
             )
-            try:
+            with contextlib.suppress(RuntimeError, ValueError):
                 info.wait_for_publish(timeout=2)
-            except (RuntimeError, ValueError):
-                pass
         self._client.disconnect()
 
     def _status_payload(self, state: str, reason: str | None) -> str:

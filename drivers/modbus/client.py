@@ -151,7 +151,7 @@ class ModbusTcpDriver:
                 )
         except ConnectionException as exc:
             await self._lost(f"connection lost: {exc}")
-        except (ModbusIOException, asyncio.TimeoutError):
+        except (TimeoutError, ModbusIOException):
             self._health.read_errors += 1
             return BlockResult(block, None, None, "timeout", now_ms())
         except ModbusException as exc:

@@ -55,7 +55,7 @@ def decoder_for(value_type: ModbusType, order: WordOrder) -> Decoder:
     width = struct.calcsize(_FORMAT[value_type])
     permutation = _permutation(width, order)
     if permutation == tuple(range(width)):
-        return lambda data, at: unpack(data, at)[0]  # type: ignore[no-any-return]
+        return lambda data, at: unpack(data, at)[0]
 
     def decode_reordered(data: bytes, at: int) -> int | float:
         raw = bytes(data[at + index] for index in permutation)

@@ -40,9 +40,7 @@ def plan_reads(
         start = end = 0
         for point in members:
             point_end = point.register + point.width  # exclusive
-            if current and (
-                point.register - end > max_gap or max(point_end, end) - start > limit
-            ):
+            if current and (point.register - end > max_gap or max(point_end, end) - start > limit):
                 blocks.append(ReadBlock(table, start, end - start, tuple(current)))
                 current = []
             if not current:

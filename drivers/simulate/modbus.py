@@ -10,14 +10,14 @@ follows the Eastron SDM630 input-register layout so a future SDM630 profile read
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future
-from typing import Literal
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, Literal, TypeVar
 
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
@@ -35,6 +35,8 @@ __all__ = [
 ]
 
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+
+T = TypeVar("T")
 
 _FUNCTION_CODE: dict[str, int] = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}
 _TABLE_SIZE = 10_000
@@ -204,10 +206,7 @@ class SimulatedModbusServer:
     ) -> list[int] | list[bool]:
         """Read raw registers (or bits) from the server's memory."""
         assert self._server is not None
-        result: list[int] | list[bool] = self._call(
-            self._server.async_getValues(unit, _FUNCTION_CODE[table], address, count)
-        )
-        return result
+        return self._call(self._server.async_getValues(unit, _FUNCTION_CODE[table], address, count))
 
     def set_value(
         self,
@@ -215,6 +214,7 @@ class SimulatedModbusServer:
         address: int,
         value: float,
         value_type: ModbusType,
+        *,
         order: WordOrder = "ABCD",
         unit: int = 1,
     ) -> None:
@@ -226,16 +226,15 @@ class SimulatedModbusServer:
 
     # -- the server thread ---------------------------------------------------------------------
 
-    def _call(self, coroutine: object) -> object:
+    def _call(self, coroutine: Coroutine[Any, Any, T]) -> T:
         if self._loop is None:
             raise RuntimeError("the simulated server is not running")
-        future: Future[object] = asyncio.run_coroutine_threadsafe(coroutine, self._loop)  # type: ignore[arg-type]
-        return future.result(5)
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(5)
 
     def _thread_main(self) -> None:
         try:
             asyncio.run(self._serve())
-        except BaseException as exc:  # reported to start()
+        except Exception as exc:  # noqa: BLE001 (handed to start(), which raises it)
             self._start_error = exc
             self._started.set()
 
@@ -265,17 +264,15 @@ class SimulatedModbusServer:
             while not self._stopping.is_set():
                 if self.model is not None:
                     await self._apply_model(self.model(time.monotonic() - began))
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), self.tick)
-                except TimeoutError:
-                    pass
             for unit in self.unit_ids:
-                for table in _FUNCTION_CODE:
+                for table, function_code in _FUNCTION_CODE.items():
                     self._memory[(unit, table)] = await server.async_getValues(
-                        unit, _FUNCTION_CODE[table], 0, _TABLE_SIZE
+                        unit, function_code, 0, _TABLE_SIZE
                     )
         finally:
-            await server.shutdown()
+            await server.shutdown()  # type: ignore[no-untyped-call]  # pymodbus lacks the hint
             self._server = None
 
     async def _apply_model(self, values: dict[str, float]) -> None:
@@ -300,7 +297,9 @@ class SimulatedModbusServer:
 SimulatorKind = Literal["press-line", "meter"]
 
 
-def build_simulator(kind: SimulatorKind, port: int, host: str = "127.0.0.1") -> SimulatedModbusServer:
+def build_simulator(
+    kind: SimulatorKind, port: int, host: str = "127.0.0.1"
+) -> SimulatedModbusServer:
     """The press-line PLC or the meter, ready to `start()`."""
     if kind == "press-line":
         return SimulatedModbusServer(
