@@ -20,9 +20,9 @@ from drivers.modbus.planner import ReadBlock, plan_reads
 
 __all__ = ["BlockResult", "ModbusTcpDriver"]
 
-# pymodbus logs every failed connect and timeout itself; the device task logs state changes
-# once, so keep the library quiet unless something is really wrong.
-logging.getLogger("pymodbus").setLevel(logging.ERROR)
+# pymodbus logs every failed connect and timeout itself (timeouts at ERROR, with a dump of the
+# last frames); the device task logs each state change once and reports errors as BAD samples.
+logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
 _EXCEPTION_NAMES = {
     1: "illegal function",

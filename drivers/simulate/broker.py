@@ -38,11 +38,13 @@ def _mosquitto() -> str:
 class LocalBroker:
     """Mosquitto on 127.0.0.1 with its own config in a temporary directory.
 
-    `stop()`/`start()` restart it on the same port; `pause()`/`resume()` freeze it with
+    `stop()`/`start()` restart it on the same port (with `persistent=True` keeping sessions); `pause()`/`resume()` freeze it with
     SIGSTOP/SIGCONT to make a half-open connection.
     """
 
-    def __init__(self, port: int | None = None, *, extra_config: str = "") -> None:
+    def __init__(
+        self, port: int | None = None, *, persistent: bool = False, extra_config: str = ""
+    ) -> None:
         self.port = port or free_port()
         self.host = "127.0.0.1"
         self._dir = Path(tempfile.mkdtemp(prefix="shopfloor-broker-"))
@@ -51,7 +53,9 @@ class LocalBroker:
         lines = [
             f"listener {self.port} 127.0.0.1",
             "allow_anonymous true",
-            "persistence false",
+            # With persistence, sessions and queued QoS 1 messages survive a restart.
+            "persistence true" if persistent else "persistence false",
+            f"persistence_location {self._dir}/",
             "log_dest stderr",
             "log_type error",
             "log_type warning",

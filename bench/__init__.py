@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m bench.modbus_500` (see its docstring)."""

@@ -1,0 +1,220 @@
+"""Values written into a real Modbus server arrive at a real broker exactly, and as configured."""
+
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.conftest import REPO, modbus_device, write_config
+
+
+def float32(value: float) -> float:
+    """The float a float32 register pair really holds."""
+    result: float = struct.unpack(">f", struct.pack(">f", value))[0]
+    return result
+
+
+TYPED_POINTS = [
+    # (id, address, type, order, raw value written, value expected at the broker)
+    ("t.int16", "holding:0", "int16", "ABCD", -1234, -1234),
+    ("t.uint16", "holding:1", "uint16", "ABCD", 54321, 54321),
+    ("t.int32", "holding:2", "int32", "ABCD", -123456789, -123456789),
+    ("t.int32_cdab", "holding:4", "int32", "CDAB", -123456789, -123456789),
+    ("t.uint32", "holding:6", "uint32", "ABCD", 0xF1020304, 0xF1020304),
+    ("t.uint32_cdab", "holding:8", "uint32", "CDAB", 0x01020304, 0x01020304),
+    ("t.float32", "holding:10", "float32", "ABCD", 3.14159, float32(3.14159)),
+    ("t.float32_cdab", "holding:12", "float32", "CDAB", -2.5e-3, float32(-2.5e-3)),
+    ("t.input_float", "input:20", "float32", "ABCD", 1234.5, 1234.5),
+    ("t.int16_badc", "holding:30", "int16", "BADC", -2, -2),
+]
+
+
+def test_typed_values_arrive_exactly(broker, modbus, subscriber_factory, agent_factory, tmp_path):
+    for _id, address, value_type, order, raw, _expected in TYPED_POINTS:
+        table, register = address.split(":")
+        modbus.set_value(table, int(register), raw, value_type, order=order)
+    modbus.set_value("holding", 40, 215, "uint16")
+    modbus.set_value("coil", 3, True, "bool")
+    points = [
+        {"id": point_id, "address": address, "type": value_type, "order": order}
+        for point_id, address, value_type, order, _raw, _expected in TYPED_POINTS
+    ]
+    points.append({"id": "t.scaled", "address": "holding:40", "type": "uint16", "scale": 0.1})
+    points.append({"id": "t.coil", "address": "coil:3"})
+    config = write_config(
+        tmp_path, broker_port=broker.port, devices=[modbus_device("plc", modbus.port, points)]
+    )
+    subscriber = subscriber_factory(broker.port)
+    agent = agent_factory(config)
+    before_start_ms = time.time() * 1000
+    agent.start()
+    subscriber.wait_for(
+        lambda: {s["p"] for s in subscriber.samples()} >= {p["id"] for p in points},
+        what="a sample of every point",
+    )
+    latest = {s["p"]: s for s in subscriber.samples()}
+    for point_id, _address, _type, _order, _raw, expected in TYPED_POINTS:
+        sample = latest[point_id]
+        assert sample["v"] == expected, point_id
+        assert type(sample["v"]) is type(expected), point_id
+        assert sample["q"] == "good"
+    assert latest["t.scaled"]["v"] == 21.5
+    assert latest["t.coil"]["v"] is True
+    # The timestamp is the read time: after start, before arrival, within the poll window.
+    messages = subscriber.metrics()
+    for message in messages:
+        for sample in message.payload["samples"]:
+            assert before_start_ms <= sample["ts"] <= message.arrived * 1000 + 1
+            assert message.arrived * 1000 - sample["ts"] < 1000
+    # One request per contiguous block, not one per point: ~3 requests per poll here.
+    first = messages[0].payload
+    assert first["agent"] == "gw-test"
+    assert first["seq"] >= 1
+    assert isinstance(first["session"], int)
+    assert agent.stop() == 0
+
+
+def test_changed_value_is_published(broker, modbus, subscriber_factory, agent_factory, tmp_path):
+    modbus.set_value("holding", 0, 1.0, "float32")
+    config = write_config(
+        tmp_path,
+        broker_port=broker.port,
+        devices=[
+            modbus_device(
+                "plc", modbus.port, [{"id": "v", "address": "holding:0", "type": "float32"}]
+            )
+        ],
+    )
+    subscriber = subscriber_factory(broker.port)
+    agent_factory(config).start()
+    subscriber.wait_for(lambda: subscriber.samples_of("v"), what="first sample")
+    modbus.set_value("holding", 0, 2.0, "float32")
+    subscriber.wait_for(
+        lambda: any(s["v"] == 2.0 for s in subscriber.samples_of("v")), what="the new value"
+    )
+
+
+def test_deadband_and_heartbeat(broker, modbus, subscriber_factory, agent_factory, tmp_path):
+    modbus.set_value("holding", 0, 10.0, "float32")
+    modbus.set_value("holding", 2, 100.0, "float32")
+    points = [
+        {
+            "id": "abs",
+            "address": "holding:0",
+            "type": "float32",
+            "deadband": 1.0,
+            "heartbeat": "1s",
+        },
+        {"id": "pct", "address": "holding:2", "type": "float32", "deadband_percent": 5},
+    ]
+    config = write_config(
+        tmp_path, broker_port=broker.port, devices=[modbus_device("plc", modbus.port, points)]
+    )
+    subscriber = subscriber_factory(broker.port)
+    agent_factory(config).start()
+    subscriber.wait_for(lambda: subscriber.samples_of("pct"), what="first samples")
+    # Within the deadbands: nothing new except heartbeats of `abs`.
+    modbus.set_value("holding", 0, 10.5, "float32")
+    modbus.set_value("holding", 2, 104.0, "float32")
+    time.sleep(3.5)
+    abs_values = [s["v"] for s in subscriber.samples_of("abs")]
+    pct_values = [s["v"] for s in subscriber.samples_of("pct")]
+    assert pct_values == [100.0], "a 4% change must stay within a 5% deadband"
+    # First sample plus one heartbeat per second for 3.5 s, polled at 10 Hz (not 35 samples).
+    assert 3 <= len(abs_values) <= 5, abs_values
+    assert set(abs_values) <= {10.0, 10.5}
+    # Heartbeats repeat the current value even though it stayed inside the deadband.
+    assert abs_values[-1] == 10.5
+    # Beyond the deadbands: published at once.
+    modbus.set_value("holding", 0, 12.0, "float32")
+    modbus.set_value("holding", 2, 110.0, "float32")
+    subscriber.wait_for(
+        lambda: subscriber.samples_of("abs")[-1]["v"] == 12.0
+        and subscriber.samples_of("pct")[-1]["v"] == 110.0,
+        timeout=3,
+        what="changes beyond the deadband",
+    )
+
+
+def test_status_and_health(broker, modbus, subscriber_factory, agent_factory, tmp_path):
+    config = write_config(
+        tmp_path,
+        broker_port=broker.port,
+        devices=[
+            modbus_device("plc", modbus.port, [{"id": "v", "address": "holding:0", "type": "int16"}])
+        ],
+    )
+    subscriber = subscriber_factory(broker.port)
+    agent = agent_factory(config)
+    agent.start()
+    subscriber.wait_for(
+        lambda: any(m.topic == "test/gw-test/health" for m in subscriber.snapshot()),
+        what="a health report",
+    )
+    status = subscriber.statuses()[0]
+    assert status["state"] == "online"
+    health = next(m.payload for m in subscriber.snapshot() if m.topic.endswith("/health"))
+    assert health["devices"]["plc"]["state"] == "connected"
+    assert set(health["outbox"]) == {"rows", "records", "oldest_age_s"}
+    assert {"messages_sent", "messages_failed", "connected"} <= set(health["mqtt"])
+    assert 0 < health["process"]["rss_mib"] < 200
+    assert agent.stop() == 0
+    subscriber.wait_for(
+        lambda: subscriber.statuses()[-1]["state"] == "offline", what="offline status"
+    )
+    assert subscriber.statuses()[-1]["reason"] == "shutdown"
+
+
+def test_read_command_prints_value_and_raw_registers(modbus, tmp_path: Path):
+    modbus.set_value("holding", 10, 0x01020304, "uint32", order="CDAB")
+    config = write_config(
+        tmp_path,
+        broker_port=1883,
+        devices=[
+            modbus_device(
+                "plc",
+                modbus.port,
+                [{"id": "line.counter", "address": "holding:10", "type": "uint32", "order": "CDAB"}],
+            )
+        ],
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "agent", "read", str(config), "line.counter"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=30,
+        env={**os.environ, "COLUMNS": "200"},
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert str(0x01020304) in result.stdout
+    assert "0304 0102" in result.stdout  # low word first on the wire
+    assert "good" in result.stdout
+
+
+def test_read_command_unknown_point(modbus, tmp_path: Path):
+    config = write_config(
+        tmp_path,
+        broker_port=1883,
+        devices=[
+            modbus_device(
+                "plc", modbus.port, [{"id": "line.counter", "address": "holding:1", "type": "int16"}]
+            )
+        ],
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "agent", "read", str(config), "line.countr"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "did you mean line.counter" in result.stderr
+    assert "Traceback" not in result.stderr
