@@ -122,9 +122,12 @@ def _load(path: Path) -> Config | None:
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
-        count = len(exc.problems)
-        print(f"{count} problem{'s' if count != 1 else ''} found in {path}.", file=sys.stderr)
+        print(f"{_count(len(exc.problems), 'problem')} found in {path}.", file=sys.stderr)
         return None
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -135,7 +138,7 @@ def _check(args: argparse.Namespace) -> int:
             status = EXIT_CONFIG
             continue
         points = sum(len(device.points) for device in config.devices)
-        print(f"{path}: OK ({len(config.devices)} devices, {points} points).")
+        print(f"{path}: OK ({_count(len(config.devices), 'device')}, {_count(points, 'point')}).")
     return status
 
 

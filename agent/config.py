@@ -18,9 +18,10 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.constructor import DuplicateKeyError
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
-from agent.settings import Config, ModbusPoint
+from agent.settings import REGISTER_COUNT, Config, FieldError
 
 __all__ = ["ConfigError", "ConfigProblem", "load_config", "load_yaml"]
 
@@ -62,13 +63,39 @@ def load_yaml(path: Path) -> Any:
     try:
         return yaml.load(text)
     except MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        message = " ".join(part for part in (exc.context, exc.problem) if part)
-        message = message.split("\n")[0] if message else str(exc)
-        raise ConfigError([ConfigProblem(str(path), line, column, "(yaml)", message)]) from None
+        raise ConfigError([_yaml_problem(str(path), exc)]) from None
     except YAMLError as exc:
         raise ConfigError([ConfigProblem(str(path), 1, 1, "(yaml)", str(exc))]) from None
+
+
+def _yaml_problem(file: str, exc: MarkedYAMLError) -> ConfigProblem:
+    """Say what the parser found wrong, where, and where the construct it was reading began."""
+    mark = exc.problem_mark or exc.context_mark
+    line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+    problem = (exc.problem or str(exc)).split("\n")[0]
+    if isinstance(exc, DuplicateKeyError):
+        message = f"{problem}: each key may appear once per mapping"
+    elif problem == "mapping values are not allowed here":
+        message = (
+            f"{problem}: check the indentation of this line, or quote a value that contains ': '"
+        )
+    else:
+        message = problem
+        context = exc.context_mark
+        if (
+            exc.context
+            and context is not None
+            and (context.line + 1, context.column + 1)
+            != (
+                line,
+                column,
+            )
+        ):
+            message += (
+                f" ({exc.context.removeprefix('while ')} that starts at line {context.line + 1}, "
+                f"column {context.column + 1})"
+            )
+    return ConfigProblem(file, line, column, "(yaml)", message)
 
 
 def load_config(path: str | Path) -> Config:
@@ -80,23 +107,22 @@ def load_config(path: str | Path) -> Config:
     path = Path(path)
     document = load_yaml(path)
     if not isinstance(document, CommentedMap):
-        raise ConfigError(
-            [
-                ConfigProblem(
-                    str(path), 1, 1, "(file)", "expected a mapping with agent, mqtt, devices"
-                )
-            ]
+        found = (
+            "empty" if document is None else "a list" if isinstance(document, list) else "a value"
         )
+        message = f"the file must be a mapping with agent, mqtt and devices; it is {found}"
+        raise ConfigError([ConfigProblem(str(path), 1, 1, "(file)", message)])
     locator = _Locator(str(path), document)
+    plain = _plain(document)
+    problems = _cross_check(plain, locator, path.parent)
+    config = None
     try:
-        config = Config.model_validate(_plain(document))
+        config = Config.model_validate(plain)
     except ValidationError as exc:
-        raise ConfigError(sorted(_problems_from_pydantic(exc, locator), key=_position)) from None
-    config = _resolve_paths(config, path.parent)
-    problems = sorted(_cross_check(config, locator), key=_position)
-    if problems:
-        raise ConfigError(problems)
-    return config
+        problems.extend(_problems_from_pydantic(exc, locator))
+    if problems or config is None:
+        raise ConfigError(sorted(problems, key=_position))
+    return _resolve_paths(config, path.parent)
 
 
 def _position(problem: ConfigProblem) -> tuple[int, int]:
@@ -153,9 +179,11 @@ class _Locator:
             last = index == len(loc) - 1
             if isinstance(node, CommentedMap):
                 if step not in node:
-                    # A discriminator tag or a missing field: stay on the enclosing mapping.
-                    line, column = _start(node)
-                    continue
+                    # A missing field: point at the key of the mapping that lacks it (set by the
+                    # previous step), or at the mapping itself when it is a list item.
+                    if index == 0 or isinstance(loc[index - 1], int):
+                        line, column = _start(node)
+                    break
                 key_pos = node.lc.key(step)
                 value_pos = node.lc.value(step)
                 line, column = key_pos if (at_key and last) else value_pos
@@ -184,20 +212,70 @@ def _dotted(loc: Iterable[str | int]) -> str:
     return text
 
 
+# Messages that do not show the offending value themselves.
+_SHOW_INPUT = {
+    "int_parsing",
+    "int_type",
+    "int_from_float",
+    "float_parsing",
+    "float_type",
+    "bool_parsing",
+    "bool_type",
+    "string_type",
+    "literal_error",
+    "greater_than",
+    "greater_than_equal",
+    "less_than",
+    "less_than_equal",
+    "string_too_long",
+    "too_short",
+}
+
+
 def _problems_from_pydantic(exc: ValidationError, locator: _Locator) -> list[ConfigProblem]:
+    errors = exc.errors(include_url=False)
+    unknown_keys = {
+        _data_loc(error["loc"], locator.document)
+        for error in errors
+        if error["type"] == "extra_forbidden"
+    }
     problems = []
-    for error in exc.errors(include_url=False):
+    for error in errors:
         loc = _data_loc(error["loc"], locator.document)
         kind = error["type"]
+        context = error.get("ctx", {})
         if kind == "extra_forbidden":
             key = str(loc[-1])
             problems.append(locator.problem(loc, _unknown_field(key, loc), at_key=True))
         elif kind == "missing":
+            if _misspelt(loc, unknown_keys):
+                continue  # the unknown-key message already says "did you mean"
             problems.append(locator.problem(loc, f"required field '{loc[-1]}' is missing"))
+        elif kind == "union_tag_invalid":
+            problems.append(
+                locator.problem(
+                    (*loc, "driver"),
+                    f"unknown driver '{context.get('tag')}' "
+                    f"(supported: {context.get('expected_tags', '').replace(chr(39), '')})",
+                )
+            )
+        elif kind == "union_tag_not_found":
+            problems.append(locator.problem((*loc, "driver"), "required field 'driver' is missing"))
         else:
+            error_object = context.get("error")
+            if isinstance(error_object, FieldError):
+                loc = (*loc, error_object.field)
             message = error["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+            value = error.get("input")
+            if kind in _SHOW_INPUT and not isinstance(value, dict | list):
+                message += f", got {value!r}"
             problems.append(locator.problem(loc, message))
     return problems
+
+
+def _misspelt(missing: Loc, unknown_keys: set[Loc]) -> bool:
+    siblings = [str(key[-1]) for key in unknown_keys if key[:-1] == missing[:-1]]
+    return bool(difflib.get_close_matches(str(missing[-1]), siblings, n=1))
 
 
 def _data_loc(loc: Loc, document: CommentedMap) -> Loc:
@@ -265,60 +343,100 @@ def _unwrap(annotation: Any) -> Any:
             return annotation
 
 
-def _cross_check(config: Config, locator: _Locator) -> list[ConfigProblem]:
-    """Checks that span several fields: unique names, overlapping registers, secret sources."""
+def _cross_check(document: dict[str, Any], locator: _Locator, base: Path) -> list[ConfigProblem]:
+    """Checks that span several fields: unique names, overlapping registers, secret sources.
+
+    They run on the raw document, defensively, so that they are reported together with schema
+    errors instead of only after those are fixed.
+    """
     problems: list[ConfigProblem] = []
-    device_names: dict[str, int] = {}
+    devices = document.get("devices")
+    device_names: dict[str, Loc] = {}
     point_owner: dict[str, Loc] = {}
-    for d, device in enumerate(config.devices):
-        if device.name in device_names:
-            first = device_names[device.name]
-            problems.append(
-                locator.problem(
-                    ("devices", d, "name"),
-                    f"device name '{device.name}' is already used by devices[{first}]",
-                )
-            )
-        device_names.setdefault(device.name, d)
-        occupied: dict[str, list[tuple[int, int, ModbusPoint]]] = {}
-        for p, point in enumerate(device.points):
-            loc: Loc = ("devices", d, "points", p)
-            if point.id in point_owner:
-                first_line, _ = locator.position((*point_owner[point.id], "id"))
+    for d, device in enumerate(devices if isinstance(devices, list) else []):
+        if not isinstance(device, dict):
+            continue
+        name = device.get("name")
+        if isinstance(name, str):
+            loc: Loc = ("devices", d, "name")
+            if name in device_names:
                 problems.append(
                     locator.problem(
-                        (*loc, "id"),
-                        f"point id '{point.id}' is already used by "
-                        f"{_dotted(point_owner[point.id])} (line {first_line})",
+                        loc,
+                        f"device name '{name}' is already used by "
+                        f"{_where(device_names[name], locator)}",
                     )
                 )
-            point_owner.setdefault(point.id, loc)
-            start, end = point.register, point.register + point.width - 1
-            for other_start, other_end, other in occupied.get(point.table, []):
+            device_names.setdefault(name, loc)
+        points = device.get("points")
+        occupied: dict[str, list[tuple[int, int, str]]] = {}
+        for p, point in enumerate(points if isinstance(points, list) else []):
+            if not isinstance(point, dict):
+                continue
+            point_loc: Loc = ("devices", d, "points", p)
+            point_id = point.get("id")
+            if isinstance(point_id, str):
+                if point_id in point_owner:
+                    problems.append(
+                        locator.problem(
+                            (*point_loc, "id"),
+                            f"point id '{point_id}' is already used by "
+                            f"{_where(point_owner[point_id], locator)}",
+                        )
+                    )
+                point_owner.setdefault(point_id, (*point_loc, "id"))
+            span = _register_span(point)
+            if span is None:
+                continue
+            table, start, end = span
+            for other_start, other_end, other_id in occupied.get(table, []):
                 if start <= other_end and other_start <= end:
                     problems.append(
                         locator.problem(
-                            (*loc, "address"),
-                            f"{_span(point.table, start, end)} overlaps point '{other.id}' "
-                            f"at {_span(point.table, other_start, other_end)}",
+                            (*point_loc, "address"),
+                            f"{_span(table, start, end)} overlaps point '{other_id}' "
+                            f"at {_span(table, other_start, other_end)}",
                         )
                     )
                     break
-            occupied.setdefault(point.table, []).append((start, end, point))
-    mqtt = config.mqtt
-    if mqtt.password_file is not None and not mqtt.password_file.is_file():
-        problems.append(
-            locator.problem(
-                ("mqtt", "password_file"), f"file {str(mqtt.password_file)!r} does not exist"
+            occupied.setdefault(table, []).append((start, end, str(point_id)))
+    mqtt = document.get("mqtt")
+    if isinstance(mqtt, dict):
+        password_file = mqtt.get("password_file")
+        if isinstance(password_file, str):
+            resolved = (base / password_file).resolve()
+            if not resolved.is_file():
+                shown = repr(password_file)
+                if str(resolved) != password_file:
+                    shown += f" ({resolved})"
+                problems.append(
+                    locator.problem(("mqtt", "password_file"), f"file {shown} does not exist")
+                )
+        password_env = mqtt.get("password_env")
+        if isinstance(password_env, str) and password_env not in os.environ:
+            problems.append(
+                locator.problem(
+                    ("mqtt", "password_env"), f"environment variable {password_env} is not set"
+                )
             )
-        )
-    if mqtt.password_env is not None and mqtt.password_env not in os.environ:
-        problems.append(
-            locator.problem(
-                ("mqtt", "password_env"), f"environment variable {mqtt.password_env} is not set"
-            )
-        )
     return problems
+
+
+def _where(loc: Loc, locator: _Locator) -> str:
+    line, _ = locator.position(loc)
+    return f"{_dotted(loc[:-1])} (line {line})"
+
+
+def _register_span(point: dict[str, Any]) -> tuple[str, int, int] | None:
+    """(table, first, last) occupied by a point, or None if its address is not valid."""
+    table, sep, number = str(point.get("address", "")).partition(":")
+    if not sep or not number.isdigit() or table not in ("coil", "discrete", "input", "holding"):
+        return None
+    width = 1
+    if table in ("input", "holding"):
+        width = REGISTER_COUNT.get(str(point.get("type")), 1)
+    start = int(number)
+    return table, start, start + width - 1
 
 
 def _span(table: str, start: int, end: int) -> str:

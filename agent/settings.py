@@ -17,6 +17,7 @@ __all__ = [
     "AgentSettings",
     "Config",
     "DeviceSettings",
+    "FieldError",
     "ModbusPoint",
     "ModbusTcpDevice",
     "MqttSettings",
@@ -26,6 +27,14 @@ __all__ = [
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+class FieldError(ValueError):
+    """A check across fields that is really about one of them: the error points at `field`."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 def parse_duration(value: object) -> float:
@@ -48,9 +57,13 @@ def _format_seconds(seconds: float) -> str:
 def _duration(minimum: float, maximum: float) -> object:
     def check(seconds: float) -> float:
         if seconds < minimum:
-            raise ValueError(f"must be at least {_format_seconds(minimum)}")
+            raise ValueError(
+                f"must be at least {_format_seconds(minimum)}, got {_format_seconds(seconds)}"
+            )
         if seconds > maximum:
-            raise ValueError(f"must be at most {_format_seconds(maximum)}")
+            raise ValueError(
+                f"must be at most {_format_seconds(maximum)}, got {_format_seconds(seconds)}"
+            )
         return seconds
 
     return AfterValidator(check)
@@ -71,12 +84,31 @@ def _check_host(host: str) -> str:
 
 _NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 # MQTT topic levels: no wildcards, no empty levels, no leading or trailing slash.
-_PREFIX_RE = r"^[^/+#\s]+(/[^/+#\s]+)*$"
+_PREFIX_RE = re.compile(r"^[^/+#\s]+(/[^/+#\s]+)*$")
+
+
+def _check_topic_prefix(prefix: str) -> str:
+    if not _PREFIX_RE.match(prefix):
+        raise ValueError(
+            f"{prefix!r} is not a valid topic prefix: MQTT wildcards (+ #), spaces, empty "
+            "levels and a leading or trailing / are not allowed"
+        )
+    return prefix
+
+
+def _check_name(name: str) -> str:
+    if not re.match(_NAME_RE, name):
+        raise ValueError(
+            f"{name!r} is not a valid name: use letters, digits, '.', '_' and '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
 
 Seconds = Annotated[float, BeforeValidator(parse_duration)]
 Host = Annotated[str, AfterValidator(_check_host)]
 Port = Annotated[int, Field(ge=1, le=65535)]
-Name = Annotated[str, Field(pattern=_NAME_RE, max_length=64)]
+Name = Annotated[str, Field(max_length=64), AfterValidator(_check_name)]
 
 
 class _Strict(BaseModel):
@@ -105,7 +137,7 @@ class MqttSettings(_Strict):
     username: str | None = None
     password_file: Path | None = None
     password_env: str | None = None
-    topic_prefix: Annotated[str, Field(pattern=_PREFIX_RE)] = "shopfloor"
+    topic_prefix: Annotated[str, AfterValidator(_check_topic_prefix)] = "shopfloor"
     qos: Literal[0, 1, 2] = 1
     keepalive: Annotated[Seconds, _duration(5, 3600)] = 30.0
     max_inflight: Annotated[int, Field(ge=1, le=100)] = 20
@@ -117,9 +149,10 @@ class MqttSettings(_Strict):
     @model_validator(mode="after")
     def _one_password_source(self) -> MqttSettings:
         if self.password_file is not None and self.password_env is not None:
-            raise ValueError("give password_file or password_env, not both")
+            raise FieldError("password_env", "give password_file or password_env, not both")
         if (self.password_file or self.password_env) and not self.username:
-            raise ValueError("a password needs a username")
+            field = "password_file" if self.password_file else "password_env"
+            raise FieldError(field, "a password needs a username: add mqtt.username")
         return self
 
 
@@ -166,7 +199,7 @@ def _check_modbus_address(value: str) -> str:
 class ModbusPoint(_Strict):
     """One value read from a Modbus device."""
 
-    id: Annotated[str, Field(pattern=_NAME_RE, max_length=200)]
+    id: Annotated[str, Field(max_length=200), AfterValidator(_check_name)]
     address: Annotated[str, AfterValidator(_check_modbus_address)]
     type: ModbusType | None = None
     order: WordOrder = "ABCD"
@@ -204,21 +237,24 @@ class ModbusPoint(_Strict):
     def _type_fits_table(self) -> ModbusPoint:
         bit_table = self.table in ("coil", "discrete")
         if bit_table and self.type not in (None, "bool"):
-            raise ValueError(f"a {self.table} holds a single bit: its type can only be bool")
+            raise FieldError(
+                "type", f"a {self.table} holds a single bit: its type can only be bool"
+            )
         if not bit_table and self.type is None:
-            raise ValueError(
-                "type is required for register points "
-                "(bool, int16, uint16, int32, uint32 or float32)"
+            raise FieldError(
+                "type",
+                "a register point needs a type (int16, uint16, int32, uint32 or float32)",
             )
         if not bit_table and self.type == "bool":
-            raise ValueError(
-                "bool is for coil and discrete points; read a register as uint16 instead"
+            raise FieldError(
+                "type", "bool is for coil and discrete points; read a register as uint16 instead"
             )
         if self.deadband is not None and self.deadband_percent is not None:
-            raise ValueError("give deadband or deadband_percent, not both")
+            raise FieldError("deadband_percent", "give deadband or deadband_percent, not both")
         if self.heartbeat is not None and self.deadband is None and self.deadband_percent is None:
-            raise ValueError(
-                "heartbeat only matters with a deadband: without one every poll is published"
+            raise FieldError(
+                "heartbeat",
+                "heartbeat only matters with a deadband: without one every poll is published",
             )
         return self
 

@@ -588,7 +588,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--output", type=Path, default=RESULTS, help="JSON results file")
     args = parser.parse_args(argv)
-    console = Console()
+    # Piped output (CI, `tee`) would otherwise be wrapped at 80 columns.
+    console = Console() if sys.stdout.isatty() else Console(width=120)
 
     # SIGTERM to the benchmark unwinds like Ctrl-C, so every finally block stops its process.
     signal.signal(signal.SIGTERM, signal.default_int_handler)

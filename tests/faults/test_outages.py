@@ -210,7 +210,9 @@ def test_plc_restart_gives_bad_then_good_and_spares_the_other_device(
             timeout=5,
             what="GOOD samples within a few seconds of the PLC's return",
         )
-        outage = [s for s in subscriber.samples_of("a") if stopped_at + 500 < s["ts"] < restarted_at]
+        outage = [
+            s for s in subscriber.samples_of("a") if stopped_at + 500 < s["ts"] < restarted_at
+        ]
         assert outage, "samples keep coming while the PLC is gone"
         assert all(s["q"] == "bad" and s["v"] is None and s.get("r") for s in outage)
         b_during = [s for s in subscriber.samples_of("b") if stopped_at < s["ts"] < restarted_at]

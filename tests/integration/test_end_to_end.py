@@ -133,8 +133,10 @@ def test_deadband_and_heartbeat(broker, modbus, subscriber_factory, agent_factor
     modbus.set_value("holding", 0, 12.0, "float32")
     modbus.set_value("holding", 2, 110.0, "float32")
     subscriber.wait_for(
-        lambda: subscriber.samples_of("abs")[-1]["v"] == 12.0
-        and subscriber.samples_of("pct")[-1]["v"] == 110.0,
+        lambda: (
+            subscriber.samples_of("abs")[-1]["v"] == 12.0
+            and subscriber.samples_of("pct")[-1]["v"] == 110.0
+        ),
         timeout=3,
         what="changes beyond the deadband",
     )
@@ -145,7 +147,9 @@ def test_status_and_health(broker, modbus, subscriber_factory, agent_factory, tm
         tmp_path,
         broker_port=broker.port,
         devices=[
-            modbus_device("plc", modbus.port, [{"id": "v", "address": "holding:0", "type": "int16"}])
+            modbus_device(
+                "plc", modbus.port, [{"id": "v", "address": "holding:0", "type": "int16"}]
+            )
         ],
     )
     subscriber = subscriber_factory(broker.port)
@@ -178,7 +182,14 @@ def test_read_command_prints_value_and_raw_registers(modbus, tmp_path: Path):
             modbus_device(
                 "plc",
                 modbus.port,
-                [{"id": "line.counter", "address": "holding:10", "type": "uint32", "order": "CDAB"}],
+                [
+                    {
+                        "id": "line.counter",
+                        "address": "holding:10",
+                        "type": "uint32",
+                        "order": "CDAB",
+                    }
+                ],
             )
         ],
     )
@@ -203,7 +214,9 @@ def test_read_command_unknown_point(modbus, tmp_path: Path):
         broker_port=1883,
         devices=[
             modbus_device(
-                "plc", modbus.port, [{"id": "line.counter", "address": "holding:1", "type": "int16"}]
+                "plc",
+                modbus.port,
+                [{"id": "line.counter", "address": "holding:1", "type": "int16"}],
             )
         ],
     )
