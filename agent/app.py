@@ -14,7 +14,7 @@ from agent.model import now_ms
 from agent.outbox import Outbox
 from agent.pipeline import DeviceRunner, Handoff, OutboxWriter, PipelineStats
 from agent.publish.mqtt import MqttPublisher
-from agent.publish.payload import Topics
+from agent.publish.payload import Topics, max_message_body
 from agent.settings import Config
 from drivers.modbus.client import ModbusTcpDriver
 
@@ -60,7 +60,11 @@ class Agent:
             DeviceRunner(device, ModbusTcpDriver(device), self.handoff) for device in config.devices
         ]
         self.writer = OutboxWriter(
-            self.outbox, self.handoff, config.outbox, on_commit=self.publisher.notify
+            self.outbox,
+            self.handoff,
+            config.outbox,
+            on_commit=self.publisher.notify,
+            max_body=max_message_body(config.mqtt.max_payload_bytes),
         )
 
     async def run(self, stop: asyncio.Event) -> None:

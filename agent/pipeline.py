@@ -23,7 +23,7 @@ from agent.transforms import TransformChain
 from drivers.base import NotConnected
 from drivers.modbus.client import ModbusTcpDriver
 
-__all__ = ["Batch", "DeviceRunner", "OutboxWriter", "PipelineStats", "backoff_delay"]
+__all__ = ["Batch", "DeviceRunner", "OutboxWriter", "PipelineStats", "backoff_delay", "encode_rows"]
 
 log = logging.getLogger(__name__)
 
@@ -192,8 +192,10 @@ class OutboxWriter:
         handoff: Handoff,
         settings: OutboxSettings,
         on_commit: Callable[[], None],
+        max_body: int,
     ) -> None:
         self.outbox = outbox
+        self.max_body = max_body
         self.handoff = handoff
         self.settings = settings
         self.on_commit = on_commit
@@ -228,7 +230,7 @@ class OutboxWriter:
     def _commit(self, batches: list[Batch]) -> None:
         if not batches:
             return
-        rows = [_encode(batch) for batch in batches]
+        rows = [row for batch in batches for row in encode_rows(batch, self.max_body)]
         try:
             self.outbox.append(rows)
         except (sqlite3.Error, OSError) as exc:
@@ -240,10 +242,17 @@ class OutboxWriter:
         self.on_commit()
 
 
-def _encode(batch: Batch) -> PendingRow:
-    body = json.dumps(
-        [record.to_wire() for record in batch.records],
-        separators=(",", ":"),
-        ensure_ascii=False,
-    )
-    return PendingRow(batch.kind, batch.topic, len(batch.records), batch.records[0].ts, body)
+def encode_rows(batch: Batch, max_body: int) -> list[PendingRow]:
+    """The batch as outbox rows whose JSON bodies each fit in one message of `max_body` bytes.
+
+    A single record larger than that still makes a row of its own.
+    """
+    wire = [record.to_wire() for record in batch.records]
+    body = json.dumps(wire, separators=(",", ":"), ensure_ascii=False)
+    if len(body) <= max_body or len(wire) == 1:
+        return [PendingRow(batch.kind, batch.topic, len(wire), batch.records[0].ts, body)]
+    half = len(batch.records) // 2
+    return [
+        *encode_rows(Batch(batch.kind, batch.topic, batch.records[:half]), max_body),
+        *encode_rows(Batch(batch.kind, batch.topic, batch.records[half:]), max_body),
+    ]

@@ -98,6 +98,7 @@ class RunResult:
     points: int = 0
     bad_points: int = 0
     messages: int = 0
+    unreadable_messages: int = 0  # not JSON in the expected shape
     points_per_s: float = 0.0
     messages_per_s: float = 0.0
     cpu_s: float = 0.0
@@ -364,6 +365,7 @@ def measure(
         result.points = window.points
         result.bad_points = window.bad
         result.messages = window.messages
+        result.unreadable_messages = subscriber.errors
         result.points_per_s = round(window.points / elapsed, 1)
         result.messages_per_s = round(window.messages / elapsed, 1)
         result.cpu_s = round(cpu_end - cpu_begin, 2)
@@ -555,8 +557,11 @@ def report(
         for run in pair.values():
             if run.error:
                 console.print(f"[red]{run.subject} {run.workload} failed:[/] {run.error}")
-            elif run.bad_points:
-                console.print(f"[yellow]{run.subject} {run.workload}: {run.bad_points} BAD[/]")
+            if run.bad_points or run.unreadable_messages:
+                console.print(
+                    f"[yellow]{run.subject} {run.workload}: {run.bad_points} BAD points, "
+                    f"{run.unreadable_messages} unreadable messages[/]"
+                )
 
 
 def versions() -> dict[str, str]:

@@ -65,6 +65,9 @@ class Subscriber:
         with self._lock:
             self.messages.append(Received(message.topic, payload, time.time(), message.retain))
 
+    def connected(self) -> bool:
+        return self._client.is_connected()
+
     def close(self) -> None:
         self._client.disconnect()
         self._client.loop_stop()

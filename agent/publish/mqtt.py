@@ -26,7 +26,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.model import now_ms
 from agent.outbox import Outbox, StoredRow
-from agent.publish.payload import Topics, dumps, message_payload
+from agent.publish.payload import Topics, dumps, max_message_body, message_payload
 from agent.settings import MqttSettings
 
 __all__ = ["MqttPublisher", "PublisherStats"]
@@ -278,7 +278,7 @@ class MqttPublisher:
 
     def _pack(self, rows: list[StoredRow]) -> list[tuple[str, list[StoredRow]]]:
         """Group rows by topic into messages no larger than the payload cap, oldest first."""
-        limit = self.settings.max_payload_bytes - 128
+        limit = max_message_body(self.settings.max_payload_bytes)
         open_messages: dict[tuple[str, str], tuple[list[StoredRow], int]] = {}
         done: list[tuple[str, list[StoredRow]]] = []
         for row in rows:

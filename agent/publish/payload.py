@@ -9,7 +9,7 @@ from typing import Any
 
 from agent.outbox import StoredRow
 
-__all__ = ["Topics", "dumps", "message_payload"]
+__all__ = ["Topics", "dumps", "max_message_body", "message_payload"]
 
 
 def dumps(document: Any) -> str:
@@ -42,6 +42,15 @@ class Topics:
     def for_row(self, row: StoredRow) -> str:
         """`.../metrics/{device}` or `.../events/{kind}`."""
         return f"{self.root}/{row.kind}/{row.topic}"
+
+
+# Room for the envelope around the records: {"agent":..,"session":..,"seq":..,"samples":[...]}.
+_ENVELOPE_BYTES = 256
+
+
+def max_message_body(max_payload_bytes: int) -> int:
+    """How many bytes of records fit in one message under the payload cap."""
+    return max_payload_bytes - _ENVELOPE_BYTES
 
 
 def message_payload(

@@ -38,8 +38,9 @@ def _mosquitto() -> str:
 class LocalBroker:
     """Mosquitto on 127.0.0.1 with its own config in a temporary directory.
 
-    `stop()`/`start()` restart it on the same port (with `persistent=True` keeping sessions); `pause()`/`resume()` freeze it with
-    SIGSTOP/SIGCONT to make a half-open connection.
+    `stop()`/`start()` restart it on the same port (with `persistent=True` it keeps sessions
+    and queued messages); `pause()`/`resume()` freeze it with SIGSTOP/SIGCONT to make a
+    half-open connection.
     """
 
     def __init__(

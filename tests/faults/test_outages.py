@@ -124,7 +124,7 @@ def test_sigkill_during_outage_then_restart_delivers_all_committed(
     assert len(stored) >= 5 * 20, "about 3 s of 5 points at 10 Hz were committed"
     broker.start()
     subscriber = subscriber_factory(broker.port)
-    subscriber.wait_for(lambda: subscriber._client.is_connected(), what="subscriber connected")
+    subscriber.wait_for(subscriber.connected, what="subscriber connected")
     restarted = agent_factory(config)
     restarted.start()
     subscriber.wait_for(
@@ -162,7 +162,7 @@ def test_last_will_says_offline_when_the_agent_is_killed(
     assert will["reason"] == "connection lost"
     # Retained: a newcomer sees the offline state too.
     late = subscriber_factory(broker.port, topic="test/gw-test/status")
-    late.wait_for(lambda: late.statuses(), what="retained status")
+    late.wait_for(lambda: bool(late.statuses()), what="retained status")
     assert late.statuses()[-1]["state"] == "offline"
     assert late.snapshot()[-1].retain
 

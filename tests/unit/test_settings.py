@@ -1,0 +1,45 @@
+"""Durations and the programmatic config API (the CLI's messages are golden-tested)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.config import ConfigError, load_config
+from agent.settings import parse_duration
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("250ms", 0.25), ("1s", 1.0), ("1.5s", 1.5), ("5m", 300.0), ("1h", 3600.0), (2, 2.0)],
+)
+def test_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["fast", "1d", "-1s", "", True])
+def test_bad_durations(text):
+    with pytest.raises(ValueError, match="expected a duration"):
+        parse_duration(text)
+
+
+def test_demo_config_loads_with_paths_resolved():
+    config = load_config(REPO / "config" / "examples" / "demo.yaml")
+    assert config.agent.data_dir.is_absolute()
+    assert config.outbox_path == config.agent.data_dir / "outbox.db"
+    assert config.client_id == "gw-demo"
+    point = config.devices[0].points[4]
+    assert (point.table, point.register, point.order) == ("holding", 12, "CDAB")
+
+
+def test_config_error_carries_every_problem(tmp_path: Path):
+    path = tmp_path / "agent.yaml"
+    path.write_text("agent: {id: 'bad id'}\nmqtt: {host: x, port: 0}\ndevices: []\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    fields = [problem.field for problem in caught.value.problems]
+    assert fields == ["agent.id", "mqtt.port", "devices"]
+    assert all(problem.file == str(path) for problem in caught.value.problems)
