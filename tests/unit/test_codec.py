@@ -62,5 +62,5 @@ def test_non_finite_floats_decode_as_such():
     [(70000, "uint16"), (-1, "uint32"), (1.5, "int16"), (2**31, "int32"), (math.nan, "int32")],
 )
 def test_encode_refuses_values_that_do_not_fit(value, value_type):
-    with pytest.raises(ValueError, match="out of range|not a whole number|cannot be written"):
+    with pytest.raises(ValueError, match=r"out of range|not a whole number|cannot be written"):
         encode(value, value_type, "ABCD")
