@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from agent import __version__
+from agent.buffer import LiveBuffer
 from agent.model import now_ms
 from agent.outbox import Outbox
 from agent.pipeline import DeviceRunner, Handoff, OutboxWriter, PipelineStats
@@ -47,11 +48,13 @@ class Agent:
         self.started = time.monotonic()
         self.outbox = Outbox(config.outbox_path, synchronous=config.outbox.synchronous)
         self.session = self.outbox.next_session()
+        self.buffer = LiveBuffer(self.outbox)
         self.publisher = MqttPublisher(
             config.mqtt,
             client_id=config.client_id,
             topics=self.topics,
             outbox=self.outbox,
+            buffer=self.buffer,
             session=self.session,
             password=read_password(config),
         )
@@ -60,10 +63,10 @@ class Agent:
             DeviceRunner(device, ModbusTcpDriver(device), self.handoff) for device in config.devices
         ]
         self.writer = OutboxWriter(
-            self.outbox,
+            self.buffer,
             self.handoff,
             config.outbox,
-            on_commit=self.publisher.notify,
+            on_new=self.publisher.notify,
             max_body=max_message_body(config.mqtt.max_payload_bytes),
         )
 
@@ -136,6 +139,7 @@ class Agent:
             "outbox": {
                 "rows": outbox.rows,
                 "records": outbox.records,
+                "in_memory_rows": len(self.buffer),
                 "oldest_age_s": None
                 if outbox.oldest_ts is None
                 else round((now - outbox.oldest_ts) / 1000, 1),

@@ -72,7 +72,7 @@ class OutboxStats:
     rows: int
     records: int
     oldest_ts: int | None
-    committed_records: int
+    accepted_records: int
 
 
 class Outbox:
@@ -100,20 +100,30 @@ class Outbox:
             self._set_meta("session", session)
         return session
 
-    def append(self, rows: Sequence[PendingRow]) -> None:
-        """Commit a batch of rows in one transaction."""
-        if not rows:
-            return
+    def append(self, rows: Sequence[PendingRow], *, delivered_records: int = 0) -> list[int]:
+        """Commit rows in one transaction and return their ids, in order.
+
+        `accepted_records` in the meta table counts every record the agent ever took in: those
+        committed here plus `delivered_records`, the ones the broker acknowledged before they
+        needed committing. Tests and `shopfloor` tools compare it with what arrived.
+        """
+        if not rows and not delivered_records:
+            return []
+        ids = []
         with self._transaction():
-            self._db.executemany(
-                "INSERT INTO outbox (kind, topic, n, first_ts, body) VALUES (?, ?, ?, ?, ?)",
-                [(row.kind, row.topic, row.n, row.first_ts, row.body) for row in rows],
-            )
+            for row in rows:
+                cursor = self._db.execute(
+                    "INSERT INTO outbox (kind, topic, n, first_ts, body) VALUES (?, ?, ?, ?, ?)",
+                    (row.kind, row.topic, row.n, row.first_ts, row.body),
+                )
+                assert cursor.lastrowid is not None
+                ids.append(cursor.lastrowid)
             self._db.execute(
-                "INSERT INTO meta (key, value) VALUES ('committed_records', ?) "
+                "INSERT INTO meta (key, value) VALUES ('accepted_records', ?) "
                 "ON CONFLICT(key) DO UPDATE SET value = value + excluded.value",
-                (sum(row.n for row in rows),),
+                (sum(row.n for row in rows) + delivered_records,),
             )
+        return ids
 
     def lease(self, after_id: int, limit: int) -> list[StoredRow]:
         """The oldest rows with an id above `after_id`."""
@@ -139,8 +149,8 @@ class Outbox:
             rows, records, oldest = self._db.execute(
                 "SELECT count(*), coalesce(sum(n), 0), min(first_ts) FROM outbox"
             ).fetchone()
-            committed = self._meta("committed_records")
-        return OutboxStats(rows, records, oldest, committed)
+            accepted = self._meta("accepted_records")
+        return OutboxStats(rows, records, oldest, accepted)
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:

@@ -8,16 +8,19 @@ on the network; the writer commits batches to SQLite every `commit_interval` or 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from agent.buffer import LiveBuffer
 from agent.model import Event, Quality, Sample, now_ms
-from agent.outbox import Outbox, PendingRow
+from agent.outbox import PendingRow
 from agent.settings import ModbusTcpDevice, OutboxSettings
 from agent.transforms import TransformChain
 from drivers.base import NotConnected
@@ -28,6 +31,9 @@ __all__ = ["Batch", "DeviceRunner", "OutboxWriter", "PipelineStats", "backoff_de
 log = logging.getLogger(__name__)
 
 _BACKOFF_BASE_S = 0.25
+# Rows the live buffer may hold before the writer stops taking batches (only reached when the
+# disk fails): bounds memory; the handoff queue then fills and counts what it drops.
+_MAX_LIVE_ROWS = 20_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,62 +190,80 @@ class DeviceRunner:
 
 
 class OutboxWriter:
-    """Commits queued batches to the outbox in transactions of many rows."""
+    """Moves queued batches into the live buffer, and commits to the outbox file what the
+    broker has not acknowledged within half a `commit_interval` (so nothing waits in memory
+    longer than one `commit_interval`)."""
 
     def __init__(
         self,
-        outbox: Outbox,
+        buffer: LiveBuffer,
         handoff: Handoff,
         settings: OutboxSettings,
-        on_commit: Callable[[], None],
+        *,
+        on_new: Callable[[], None],
         max_body: int,
     ) -> None:
-        self.outbox = outbox
-        self.max_body = max_body
+        self.buffer = buffer
         self.handoff = handoff
         self.settings = settings
-        self.on_commit = on_commit
+        self.on_new = on_new
+        self.max_body = max_body
+        self._failing = False
 
     async def run(self) -> None:
-        """Commit batches until cancelled (then `flush()` commits what is left)."""
-        loop = asyncio.get_running_loop()
+        """Take batches and commit until cancelled (then `flush()` commits what is left)."""
         queue = self.handoff.queue
+        grace = self.settings.commit_interval / 2
+        next_commit = time.monotonic() + grace
         while True:
-            pending = [await queue.get()]
-            records = len(pending[0].records)
-            deadline = loop.time() + self.settings.commit_interval
-            while records < self.settings.commit_rows:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    batch = await asyncio.wait_for(queue.get(), remaining)
-                except TimeoutError:
-                    break
-                pending.append(batch)
-                records += len(batch.records)
-            await asyncio.to_thread(self._commit, pending)
+            timeout = next_commit - time.monotonic()
+            if timeout > 0 and len(self.buffer) < _MAX_LIVE_ROWS:
+                with contextlib.suppress(TimeoutError):
+                    batches = [await asyncio.wait_for(queue.get(), timeout)]
+                    while not queue.empty() and len(batches) < 1000:
+                        batches.append(queue.get_nowait())
+                    self._take(batches)
+            elif timeout > 0:
+                await asyncio.sleep(timeout)  # the disk is failing: let the handoff queue fill
+            unsent = self.buffer.unsent_records()
+            if time.monotonic() >= next_commit or unsent >= self.settings.commit_rows:
+                older_than = time.monotonic() - grace
+                if unsent >= self.settings.commit_rows:
+                    older_than = float("inf")  # the broker is not taking them: write them now
+                await asyncio.to_thread(self._commit, older_than)
+                next_commit = time.monotonic() + grace
 
     def flush(self) -> None:
-        """Commit everything still queued (at shutdown)."""
-        pending = []
+        """Take everything still queued and commit everything unacknowledged (at shutdown)."""
+        batches = []
         while not self.handoff.queue.empty():
-            pending.append(self.handoff.queue.get_nowait())
-        self._commit(pending)
+            batches.append(self.handoff.queue.get_nowait())
+        self._take(batches)
+        self._commit(float("inf"))
 
-    def _commit(self, batches: list[Batch]) -> None:
-        if not batches:
-            return
+    def _take(self, batches: list[Batch]) -> None:
         rows = [row for batch in batches for row in encode_rows(batch, self.max_body)]
+        if rows:
+            self.buffer.add(rows)
+            self.on_new()
+
+    def _commit(self, older_than: float) -> None:
         try:
-            self.outbox.append(rows)
+            written = self.buffer.commit(older_than)
         except (sqlite3.Error, OSError) as exc:
-            lost = sum(row.n for row in rows)
-            self.handoff.stats.records_dropped += lost
-            log.error("Could not commit %d records to the outbox, they are lost: %s", lost, exc)
+            if not self._failing:
+                self._failing = True
+                log.error(
+                    "Cannot write to the outbox (%s); records stay in memory (up to %d batches, "
+                    "then new samples are dropped and counted) until the disk works again.",
+                    exc,
+                    _MAX_LIVE_ROWS,
+                )
             return
-        self.handoff.stats.records_committed += sum(row.n for row in rows)
-        self.on_commit()
+        if self._failing:
+            self._failing = False
+            log.warning("The outbox is writable again.")
+        self.handoff.stats.records_committed += written
 
 
 def encode_rows(batch: Batch, max_body: int) -> list[PendingRow]:

@@ -572,6 +572,24 @@ def versions() -> dict[str, str]:
     return found
 
 
+def code_version() -> dict[str, Any]:
+    """The commit measured, and the files of the agent that differ from it (work in progress)."""
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10, check=True
+            ).stdout.rstrip("\n")
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    changed = git("status", "--porcelain", "--", "agent", "drivers", "pyproject.toml")
+    return {
+        "commit": git("rev-parse", "--short", "HEAD") or None,
+        "changed_files": [line[3:] for line in changed.splitlines()],
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.modbus_500", description=__doc__.split("\n\n")[0]
@@ -600,6 +618,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
 
     results: dict[str, dict[str, RunResult]] = {}
+    code = code_version()
+    dirty = f", {len(code['changed_files'])} agent files changed" if code["changed_files"] else ""
+    console.print(f"[dim]Agent code: commit {code['commit']}{dirty}.[/]")
     began = time.monotonic()
     load_before = loadavg()
     try:
@@ -648,6 +669,7 @@ def main(argv: list[str] | None = None) -> int:
             "platform": platform.platform(),
         },
         "versions": versions(),
+        "code": code,
         "runs": {
             name: {
                 **{subject: asdict(run) for subject, run in pair.items()},

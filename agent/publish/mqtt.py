@@ -16,22 +16,25 @@ import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
+from agent.buffer import LiveBuffer, LiveEntry
 from agent.model import now_ms
 from agent.outbox import Outbox, StoredRow
-from agent.publish.payload import Topics, dumps, max_message_body, message_payload
+from agent.publish.payload import Packable, Topics, dumps, max_message_body, message_payload
 from agent.settings import MqttSettings
 
 __all__ = ["MqttPublisher", "PublisherStats"]
 
 log = logging.getLogger(__name__)
+
+PackableT = TypeVar("PackableT", bound=Packable)
 
 # Rows leased per round; many rows go into one message, so this bounds memory, not throughput.
 _LEASE_ROWS = 500
@@ -54,7 +57,8 @@ class PublisherStats:
 
 @dataclass(frozen=True, slots=True)
 class _InFlight:
-    row_ids: tuple[int, ...]
+    row_ids: tuple[int, ...]  # backlog rows in the outbox file
+    entries: tuple[LiveEntry, ...]  # records sent straight from the live buffer
     records: int
 
 
@@ -68,12 +72,14 @@ class MqttPublisher:
         client_id: str,
         topics: Topics,
         outbox: Outbox,
+        buffer: LiveBuffer,
         session: int,
         password: str | None = None,
     ) -> None:
         self.settings = settings
         self.topics = topics
         self.outbox = outbox
+        self.buffer = buffer
         self.session = session
         self.stats = PublisherStats()
         self._client_id = client_id
@@ -187,7 +193,7 @@ class MqttPublisher:
         assert self._stop_deadline is not None
         if time.monotonic() >= self._stop_deadline or not self._connected:
             return True
-        return not self._in_flight and not self._leasable(1)
+        return not self._in_flight and not self.buffer.unsent_records() and not self._leasable(1)
 
     def _drain_events(self) -> None:
         while True:
@@ -253,61 +259,82 @@ class MqttPublisher:
                     flight.records,
                     _REJECT_BACKOFF_S,
                 )
-            self._cursor = min(self._cursor, min(flight.row_ids) - 1)
+            self.buffer.rejected(flight.entries)
+            if flight.row_ids:
+                self._cursor = min(self._cursor, min(flight.row_ids) - 1)
             self._hold_until = time.monotonic() + _REJECT_BACKOFF_S
             return
         self.stats.messages_sent += 1
         self.stats.records_sent += flight.records
-        self.outbox.delete(flight.row_ids)
+        if flight.entries:
+            self.buffer.acknowledged(flight.entries)
+        if flight.row_ids:
+            self.outbox.delete(flight.row_ids)
 
     def _leasable(self, limit: int) -> list[StoredRow]:
         rows = self.outbox.lease(self._cursor, limit + len(self._in_flight_rows))
-        return [row for row in rows if row.id not in self._in_flight_rows][:limit]
+        return [
+            row
+            for row in rows
+            if row.id not in self._in_flight_rows and not self.buffer.is_live(row.id)
+        ][:limit]
 
     def _fill_window(self) -> None:
+        """Live records first, then the backlog from the outbox file, oldest first."""
         while len(self._in_flight) < self.settings.max_inflight:
             if time.monotonic() < self._hold_until:
                 return
+            live = self.buffer.take_pending()
+            if live:
+                messages = self._pack(live)
+                for index, (kind, group) in enumerate(messages):
+                    if not self._publish(kind, group):
+                        self.buffer.rejected([e for _, rest in messages[index:] for e in rest])
+                        return
+                continue
             rows = self._leasable(_LEASE_ROWS)
             if not rows:
                 return
-            for kind, group in self._pack(rows):
-                if not self._publish_rows(kind, group):
+            for kind, backlog in self._pack(rows):
+                if not self._publish(kind, backlog):
                     return
             self._cursor = max(self._cursor, rows[-1].id)
 
-    def _pack(self, rows: list[StoredRow]) -> list[tuple[str, list[StoredRow]]]:
-        """Group rows by topic into messages no larger than the payload cap, oldest first."""
+    def _pack(self, items: Sequence[PackableT]) -> list[tuple[str, list[PackableT]]]:
+        """Group items by topic into messages no larger than the payload cap, oldest first."""
         limit = max_message_body(self.settings.max_payload_bytes)
-        open_messages: dict[tuple[str, str], tuple[list[StoredRow], int]] = {}
-        done: list[tuple[str, list[StoredRow]]] = []
-        for row in rows:
-            key = (row.kind, row.topic)
-            group, size = open_messages.get(key, ([], 0))
-            if group and size + len(row.body) > limit:
-                done.append((row.kind, group))
-                group, size = [], 0
-            group.append(row)
-            open_messages[key] = (group, size + len(row.body))
-        done.extend((kind, group) for (kind, _topic), (group, _size) in open_messages.items())
-        done.sort(key=lambda message: message[1][0].id)
-        return done
+        open_messages: dict[tuple[str, str], tuple[int, list[PackableT], int]] = {}
+        done: list[tuple[int, str, list[PackableT]]] = []
+        for index, item in enumerate(items):
+            key = (item.kind, item.topic)
+            first, group, size = open_messages.get(key, (index, [], 0))
+            if group and size + len(item.body) > limit:
+                done.append((first, item.kind, group))
+                first, group, size = index, [], 0
+            group.append(item)
+            open_messages[key] = (first, group, size + len(item.body))
+        done.extend((first, kind, group) for (kind, _), (first, group, _) in open_messages.items())
+        done.sort(key=lambda message: message[0])
+        return [(kind, group) for _, kind, group in done]
 
-    def _publish_rows(self, kind: str, rows: list[StoredRow]) -> bool:
+    def _publish(self, kind: str, items: Sequence[Packable]) -> bool:
         self._seq += 1
-        payload = message_payload(self.topics.agent_id, self.session, self._seq, kind, rows)
+        payload = message_payload(self.topics.agent_id, self.session, self._seq, kind, items)
         info = self._client.publish(
-            self.topics.for_row(rows[0]), payload, qos=self.settings.qos, retain=False
+            self.topics.for_item(items[0]), payload, qos=self.settings.qos, retain=False
         )
+        row_ids = tuple(item.id for item in items if isinstance(item, StoredRow))
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             # paho did not take the message at all (queue full, payload too large): retry later.
+            self._seq -= 1
             self.stats.failures[f"publish: {mqtt.error_string(info.rc)}"] += 1
-            self._cursor = min(self._cursor, rows[0].id - 1)
+            if row_ids:
+                self._cursor = min(self._cursor, row_ids[0] - 1)
             self._hold_until = time.monotonic() + _REJECT_BACKOFF_S
             return False
-        ids = tuple(row.id for row in rows)
-        self._in_flight[info.mid] = _InFlight(ids, sum(row.n for row in rows))
-        self._in_flight_rows.update(ids)
+        entries = tuple(item for item in items if isinstance(item, LiveEntry))
+        self._in_flight[info.mid] = _InFlight(row_ids, entries, sum(item.n for item in items))
+        self._in_flight_rows.update(row_ids)
         self.stats.in_flight = len(self._in_flight)
         return True
 

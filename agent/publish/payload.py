@@ -5,11 +5,29 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from agent.outbox import StoredRow
+__all__ = ["Packable", "Topics", "dumps", "max_message_body", "message_payload"]
 
-__all__ = ["Topics", "dumps", "max_message_body", "message_payload"]
+
+class Packable(Protocol):
+    """Anything holding a JSON array of records for one topic (an outbox row, a live entry)."""
+
+    @property
+    def kind(self) -> str:
+        """`metrics` or `events`."""
+
+    @property
+    def topic(self) -> str:
+        """Device name or event kind."""
+
+    @property
+    def body(self) -> str:
+        """The records, a JSON array."""
+
+    @property
+    def n(self) -> int:
+        """How many records."""
 
 
 def dumps(document: Any) -> str:
@@ -39,9 +57,9 @@ class Topics:
         """Periodic health report."""
         return f"{self.root}/health"
 
-    def for_row(self, row: StoredRow) -> str:
+    def for_item(self, item: Packable) -> str:
         """`.../metrics/{device}` or `.../events/{kind}`."""
-        return f"{self.root}/{row.kind}/{row.topic}"
+        return f"{self.root}/{item.kind}/{item.topic}"
 
 
 # Room for the envelope around the records: {"agent":..,"session":..,"seq":..,"samples":[...]}.
@@ -54,7 +72,7 @@ def max_message_body(max_payload_bytes: int) -> int:
 
 
 def message_payload(
-    agent_id: str, session: int, seq: int, kind: str, rows: Sequence[StoredRow]
+    agent_id: str, session: int, seq: int, kind: str, rows: Sequence[Packable]
 ) -> bytes:
     """One message carrying the records of several outbox rows of one topic.
 

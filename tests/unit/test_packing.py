@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from agent.buffer import LiveBuffer
 from agent.model import Quality, Sample
 from agent.outbox import Outbox, StoredRow
 from agent.pipeline import Batch, encode_rows
@@ -26,11 +27,13 @@ def test_a_large_poll_is_split_into_rows_that_each_fit_a_message():
 def test_rows_are_packed_per_topic_under_the_cap(tmp_path: Path):
     settings = MqttSettings(host="127.0.0.1", max_payload_bytes=1024)
     topics = Topics("test", "gw")
+    outbox = Outbox(tmp_path / "outbox.db")
     publisher = MqttPublisher(
         settings,
         client_id="gw",
         topics=topics,
-        outbox=Outbox(tmp_path / "outbox.db"),
+        outbox=outbox,
+        buffer=LiveBuffer(outbox),
         session=1,
     )
     body = json.dumps([{"p": "x" * 200, "v": 1, "q": "good", "ts": 1}])  # ~240 bytes
