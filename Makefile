@@ -27,8 +27,8 @@ demo: install
 	$(BIN)/shopfloor demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check agent drivers inference tests bench tools
-	$(BIN)/ruff format --check agent drivers inference tests bench tools
+	$(BIN)/ruff check agent drivers inference tests bench
+	$(BIN)/ruff format --check agent drivers inference tests bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

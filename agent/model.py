@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import json
+import math
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = ["Event", "Quality", "Sample", "Value", "now_ms"]
 
@@ -25,12 +28,14 @@ class Quality(StrEnum):
     BAD = "bad"
 
 
-@dataclass(frozen=True, slots=True)
-class Sample:
-    """One value of one configured point.
+class Sample(NamedTuple):
+    """One value of one configured point (immutable).
 
     `ts` is milliseconds since the epoch (UTC): the source's time when it is trusted, otherwise
     the moment the agent received the value. `reason` says why a value is not GOOD.
+
+    A NamedTuple rather than a frozen dataclass: the hot path builds tens of thousands per
+    second, and a frozen dataclass takes 2.5 times as long to construct.
     """
 
     point: str
@@ -40,12 +45,40 @@ class Sample:
     reason: str | None = None
 
     def to_wire(self) -> dict[str, Any]:
-        """The compact JSON form published in metric messages."""
+        """The compact JSON form published in metric messages: p, v, q, r (if any), ts."""
         wire: dict[str, Any] = {"p": self.point, "v": self.value, "q": self.quality.value}
         if self.reason:
             wire["r"] = self.reason
         wire["ts"] = self.ts
         return wire
+
+    def to_json(self) -> str:
+        """`to_wire()` as compact JSON, built directly: several times faster than json.dumps."""
+        value = self.value
+        if value is None:
+            value_json = "null"
+        elif value is True:
+            value_json = "true"
+        elif value is False:
+            value_json = "false"
+        elif isinstance(value, float):
+            # repr() is the shortest round-trip form, as json.dumps writes it; non-finite
+            # floats never get here (drivers turn them into BAD samples).
+            value_json = repr(value) if math.isfinite(value) else "null"
+        elif isinstance(value, int):
+            value_json = str(value)
+        else:
+            value_json = json.dumps(value, ensure_ascii=False)
+        reason = f',"r":{json.dumps(self.reason, ensure_ascii=False)}' if self.reason else ""
+        return (
+            f'{{"p":{_json_name(self.point)},"v":{value_json},'
+            f'"q":"{self.quality.value}"{reason},"ts":{self.ts}}}'
+        )
+
+
+@functools.lru_cache(maxsize=65536)
+def _json_name(name: str) -> str:
+    return json.dumps(name, ensure_ascii=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +94,10 @@ class Event:
     message: str
     ts: int = field(default_factory=now_ms)
     data: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        """`to_wire()` as compact JSON."""
+        return json.dumps(self.to_wire(), separators=(",", ":"), ensure_ascii=False)
 
     def to_wire(self) -> dict[str, Any]:
         """The JSON form published in event messages."""

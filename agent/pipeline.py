@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
 import sqlite3
@@ -140,7 +139,7 @@ class DeviceRunner:
         finally:
             await self.driver.close()
 
-    def _emit(self, samples: list[Sample]) -> None:
+    def _emit(self, samples: Sequence[Sample]) -> None:
         self.handoff.stats.samples_in += len(samples)
         kept = self.transforms.apply(samples)
         if kept:
@@ -271,10 +270,10 @@ def encode_rows(batch: Batch, max_body: int) -> list[PendingRow]:
 
     A single record larger than that still makes a row of its own.
     """
-    wire = [record.to_wire() for record in batch.records]
-    body = json.dumps(wire, separators=(",", ":"), ensure_ascii=False)
-    if len(body) <= max_body or len(wire) == 1:
-        return [PendingRow(batch.kind, batch.topic, len(wire), batch.records[0].ts, body)]
+    records = batch.records
+    body = "[" + ",".join([record.to_json() for record in records]) + "]"
+    if len(body) <= max_body or len(records) == 1:
+        return [PendingRow(batch.kind, batch.topic, len(records), records[0].ts, body)]
     half = len(batch.records) // 2
     return [
         *encode_rows(Batch(batch.kind, batch.topic, batch.records[:half]), max_body),

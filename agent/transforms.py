@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
 
 from agent.model import Quality, Sample, Value
 from agent.settings import ModbusPoint
@@ -81,7 +80,7 @@ class PointTransform:
         value = sample.value
         if (self.scale != 1 or self.offset != 0) and value is not None:
             value = scaled(value, self.scale, self.offset)
-            sample = replace(sample, value=value)
+            sample = sample._replace(value=value)
         if self.deadband is None and self.deadband_percent is None:
             return sample
         if self._should_send(value, sample.quality, sample.ts):
@@ -115,10 +114,19 @@ class TransformChain:
     """Applies each point's transforms to a batch of samples from one device."""
 
     def __init__(self, points: Iterable[ModbusPoint]) -> None:
-        self._by_point = {point.id: PointTransform.for_point(point) for point in points}
+        self._by_point = {
+            point.id: PointTransform.for_point(point)
+            for point in points
+            if point.scale != 1
+            or point.offset != 0
+            or point.deadband is not None
+            or point.deadband_percent is not None
+        }
 
-    def apply(self, samples: Sequence[Sample]) -> list[Sample]:
+    def apply(self, samples: Sequence[Sample]) -> Sequence[Sample]:
         """The samples that pass, transformed, in their original order."""
+        if not self._by_point:
+            return samples
         out = []
         for sample in samples:
             transform = self._by_point.get(sample.point)

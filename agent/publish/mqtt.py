@@ -36,8 +36,9 @@ log = logging.getLogger(__name__)
 
 PackableT = TypeVar("PackableT", bound=Packable)
 
-# Rows leased per round; many rows go into one message, so this bounds memory, not throughput.
-_LEASE_ROWS = 500
+# Backlog rows leased per round, per message of in-flight window: bounds memory after a long
+# outage (a row holds up to one message's worth of records).
+_LEASE_ROWS_PER_SLOT = 2
 # After the broker rejects a message, wait this long before offering its rows again.
 _REJECT_BACKOFF_S = 5.0
 
@@ -287,16 +288,22 @@ class MqttPublisher:
             live = self.buffer.take_pending()
             if live:
                 messages = self._pack(live)
-                for index, (kind, group) in enumerate(messages):
-                    if not self._publish(kind, group):
+                for index, (kind, entries) in enumerate(messages):
+                    if not self._publish(kind, entries):
                         self.buffer.rejected([e for _, rest in messages[index:] for e in rest])
                         return
                 continue
-            rows = self._leasable(_LEASE_ROWS)
+            rows = self._leasable(_LEASE_ROWS_PER_SLOT * self.settings.max_inflight)
             if not rows:
                 return
-            for kind, backlog in self._pack(rows):
-                if not self._publish(kind, backlog):
+            backlog = self._pack(rows)
+            for index, (kind, group) in enumerate(backlog):
+                if len(self._in_flight) >= self.settings.max_inflight:
+                    # Window full: lease the rest again later (published rows are skipped then).
+                    first_unsent = min(row.id for _, rest in backlog[index:] for row in rest)
+                    self._cursor = max(self._cursor, first_unsent - 1)
+                    return
+                if not self._publish(kind, group):
                     return
             self._cursor = max(self._cursor, rows[-1].id)
 

@@ -36,6 +36,9 @@ _EXCEPTION_NAMES = {
     11: "gateway target did not respond",
 }
 
+GOOD, BAD = Quality.GOOD, Quality.BAD
+isfinite = math.isfinite
+
 # After this many consecutive polls in which every request timed out, the TCP link is treated as
 # dead (half-open connections do not fail on their own) and reopened.
 _TIMEOUTS_BEFORE_RECONNECT = 3
@@ -60,8 +63,8 @@ class ModbusTcpDriver:
         self._client: AsyncModbusTcpClient | None = None
         self._lock = asyncio.Lock()
         self._health = Health(since_ms=now_ms())
-        self._plans: dict[tuple[str, ...], list[ReadBlock]] = {}
-        self._decoders: dict[str, Decoder] = {}
+        self._plans: dict[int, tuple[Sequence[ModbusPoint], list[ReadBlock]]] = {}
+        self._layouts: dict[int, list[tuple[str, int, Decoder | None]]] = {}
         self._timeout_polls = 0
 
     @property
@@ -96,17 +99,28 @@ class ModbusTcpDriver:
             self._client = None
 
     def plan(self, points: Sequence[ModbusPoint]) -> list[ReadBlock]:
-        """The read requests for these points (cached per point set)."""
-        key = tuple(point.id for point in points)
-        plan = self._plans.get(key)
-        if plan is None:
-            plan = plan_reads(
-                points,
-                max_registers=self.device.max_registers,
-                max_bits=self.device.max_bits,
-                max_gap=self.device.max_gap,
-            )
-            self._plans[key] = plan
+        """The read requests for these points (cached for the same sequence object)."""
+        cached = self._plans.get(id(points))
+        if cached is not None and cached[0] is points:
+            return cached[1]
+        plan = plan_reads(
+            points,
+            max_registers=self.device.max_registers,
+            max_bits=self.device.max_bits,
+            max_gap=self.device.max_gap,
+        )
+        self._plans[id(points)] = (points, plan)
+        for block in plan:
+            self._layouts[id(block)] = [
+                (
+                    point.id,
+                    point.register - block.start,
+                    None
+                    if point.value_type == "bool"
+                    else decoder_for(point.value_type, point.order),
+                )
+                for point in block.points
+            ]
         return plan
 
     async def read(self, points: Sequence[ModbusPoint]) -> list[Sample]:
@@ -174,31 +188,23 @@ class ModbusTcpDriver:
     def decode_block(self, result: BlockResult) -> list[Sample]:
         """Samples for the points of one answered (or failed) request, before transforms."""
         block, ts = result.block, result.ts
+        layout = self._layouts[id(block)]
         if result.error is not None:
-            return [Sample(p.id, None, Quality.BAD, ts, result.error) for p in block.points]
+            return [Sample(point_id, None, BAD, ts, result.error) for point_id, _, _ in layout]
         if result.bits is not None:
             bits = result.bits
-            return [
-                Sample(p.id, bool(bits[p.register - block.start]), Quality.GOOD, ts)
-                for p in block.points
-            ]
+            return [Sample(point_id, bits[offset], GOOD, ts) for point_id, offset, _ in layout]
         assert result.registers is not None
         data = registers_to_bytes(result.registers)
         samples = []
-        for point in block.points:
-            value = self._decoder(point)(data, (point.register - block.start) * 2)
-            if isinstance(value, float) and not math.isfinite(value):
-                samples.append(Sample(point.id, None, Quality.BAD, ts, f"float32 {value}"))
+        for point_id, offset, decoder in layout:
+            assert decoder is not None
+            value = decoder(data, offset * 2)
+            if not isfinite(value):
+                samples.append(Sample(point_id, None, BAD, ts, f"float32 {value}"))
             else:
-                samples.append(Sample(point.id, value, Quality.GOOD, ts))
+                samples.append(Sample(point_id, value, GOOD, ts))
         return samples
-
-    def _decoder(self, point: ModbusPoint) -> Decoder:
-        decoder = self._decoders.get(point.id)
-        if decoder is None:
-            decoder = decoder_for(point.value_type, point.order)
-            self._decoders[point.id] = decoder
-        return decoder
 
     def subscribe(self, points: Sequence[ModbusPoint]) -> AsyncIterator[Sample]:
         """Modbus has no subscriptions."""
