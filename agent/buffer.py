@@ -90,15 +90,22 @@ class LiveBuffer:
         with self._lock:
             return sum(e.n for e in self._entries.values() if e.state == "pending")
 
-    def commit(self, older_than: float) -> int:
+    def commit(self, older_than: float, *, count_delivered: bool = False) -> int:
         """Commit entries added before `older_than` (monotonic) that the broker has not
-        acknowledged; return how many records were written to disk."""
+        acknowledged; return how many records were written to disk.
+
+        The count of records delivered straight from memory is written with the next real
+        commit, or now if `count_delivered`: when the broker keeps up, nothing at all is written
+        between those calls, sparing the SD card.
+        """
         with self._lock:
             due = [
                 (key, entry)
                 for key, entry in self._entries.items()
                 if entry.added <= older_than and entry.row_id is None and entry.state != "acked"
             ]
+            if not due and not count_delivered:
+                return 0
             for _key, entry in due:
                 entry.committing = True
             delivered, self._delivered_uncounted = self._delivered_uncounted, 0
@@ -127,8 +134,8 @@ class LiveBuffer:
         return sum(entry.n for _, entry in due)
 
     def commit_all(self) -> int:
-        """Commit everything not acknowledged (at shutdown)."""
-        return self.commit(older_than=float("inf"))
+        """Commit everything not acknowledged, and the delivered count (at shutdown)."""
+        return self.commit(older_than=float("inf"), count_delivered=True)
 
     # -- publisher side -----------------------------------------------------------------------
 

@@ -33,6 +33,9 @@ _BACKOFF_BASE_S = 0.25
 # Rows the live buffer may hold before the writer stops taking batches (only reached when the
 # disk fails): bounds memory; the handoff queue then fills and counts what it drops.
 _MAX_LIVE_ROWS = 20_000
+# How often the outbox file learns how many records were delivered straight from memory, when
+# nothing else needs writing.
+_COUNT_DELIVERED_EVERY_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +217,7 @@ class OutboxWriter:
         queue = self.handoff.queue
         grace = self.settings.commit_interval / 2
         next_commit = time.monotonic() + grace
+        next_count = time.monotonic() + _COUNT_DELIVERED_EVERY_S
         while True:
             timeout = next_commit - time.monotonic()
             if timeout > 0 and len(self.buffer) < _MAX_LIVE_ROWS:
@@ -229,7 +233,10 @@ class OutboxWriter:
                 older_than = time.monotonic() - grace
                 if unsent >= self.settings.commit_rows:
                     older_than = float("inf")  # the broker is not taking them: write them now
-                await asyncio.to_thread(self._commit, older_than)
+                count = time.monotonic() >= next_count
+                if count:
+                    next_count = time.monotonic() + _COUNT_DELIVERED_EVERY_S
+                await asyncio.to_thread(self._commit, older_than, count)
                 next_commit = time.monotonic() + grace
 
     def flush(self) -> None:
@@ -238,7 +245,7 @@ class OutboxWriter:
         while not self.handoff.queue.empty():
             batches.append(self.handoff.queue.get_nowait())
         self._take(batches)
-        self._commit(float("inf"))
+        self._commit(float("inf"), count_delivered=True)
 
     def _take(self, batches: list[Batch]) -> None:
         rows = [row for batch in batches for row in encode_rows(batch, self.max_body)]
@@ -246,9 +253,9 @@ class OutboxWriter:
             self.buffer.add(rows)
             self.on_new()
 
-    def _commit(self, older_than: float) -> None:
+    def _commit(self, older_than: float, count_delivered: bool = False) -> None:
         try:
-            written = self.buffer.commit(older_than)
+            written = self.buffer.commit(older_than, count_delivered=count_delivered)
         except (sqlite3.Error, OSError) as exc:
             if not self._failing:
                 self._failing = True
