@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import signal
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -81,6 +83,11 @@ def _parser() -> argparse.ArgumentParser:
         "shopfloor check config/examples/demo.yaml",
     )
     check.add_argument("config", type=Path, nargs="+", help="YAML configuration files")
+    check.add_argument(
+        "--print-validated",
+        action="store_true",
+        help="print the validated configuration as JSON instead of OK (used by `run`)",
+    )
     check.set_defaults(handler=_check)
 
     read = command(
@@ -137,19 +144,35 @@ def _check(args: argparse.Namespace) -> int:
         if config is None:
             status = EXIT_CONFIG
             continue
+        if args.print_validated:
+            print(config.model_dump_json())
+            continue
         points = sum(len(device.points) for device in config.devices)
         print(f"{path}: OK ({_count(len(config.devices), 'device')}, {_count(points, 'point')}).")
     return status
 
 
 def _run(args: argparse.Namespace) -> int:
-    config = _load(args.config)
-    if config is None:
-        return EXIT_CONFIG
+    # The configuration is read and validated by `shopfloor check` in a child process, and
+    # this long-running process rebuilds it from the child's JSON. The YAML parser and
+    # pydantic's validators (together about 10 MiB, more for large configurations) are then
+    # never loaded here, and the agent's own imports overlap with the validation.
+    checker = subprocess.Popen(
+        [sys.executable, "-m", "agent", "check", "--print-validated", str(args.config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    from agent.app import Agent
+    from agent.settings import Config
+
+    validated, problems = checker.communicate()
+    if checker.returncode != 0:
+        sys.stderr.write(problems)
+        return EXIT_CONFIG if checker.returncode == EXIT_CONFIG else EXIT_FAILED
+    config = Config.from_validated(json.loads(validated))
     level = (args.log_level or config.agent.log_level).upper()
     logging.basicConfig(level=level, format=_LOG_FORMAT)
-
-    from agent.app import Agent
 
     async def run() -> None:
         stop = asyncio.Event()

@@ -86,6 +86,8 @@ class Outbox:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
         self._db.execute("PRAGMA busy_timeout=5000")
+        # Appends at the end and reads from the start: a small page cache does (default 2 MiB).
+        self._db.execute("PRAGMA cache_size=-512")
         self._db.executescript(_SCHEMA)
 
     def close(self) -> None:

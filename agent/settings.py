@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
@@ -112,7 +112,10 @@ Name = Annotated[str, Field(max_length=64), AfterValidator(_check_name)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # defer_build: `shopfloor run` builds its Config from already validated JSON with
+    # `Config.from_validated()` and never needs the validators, whose construction alone costs
+    # about 5 MiB of memory (see agent/cli.py, _run).
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class AgentSettings(_Strict):
@@ -285,8 +288,31 @@ class Config(_Strict):
 
     agent: AgentSettings
     mqtt: MqttSettings
-    outbox: OutboxSettings = OutboxSettings()
+    outbox: OutboxSettings = Field(default_factory=OutboxSettings)
     devices: Annotated[list[DeviceSettings], Field(min_length=1)]
+
+    @classmethod
+    def from_validated(cls, data: dict[str, Any]) -> Config:
+        """Rebuild a Config from `model_dump(mode="json")` of one that passed validation,
+        without validating again. Only for data this program validated itself."""
+        agent, mqtt, outbox = data["agent"], data["mqtt"], data["outbox"]
+        password_file = mqtt["password_file"]
+        return cls.model_construct(
+            agent=AgentSettings.model_construct(**{**agent, "data_dir": Path(agent["data_dir"])}),
+            mqtt=MqttSettings.model_construct(
+                **{**mqtt, "password_file": None if password_file is None else Path(password_file)}
+            ),
+            outbox=OutboxSettings.model_construct(**{**outbox, "path": Path(outbox["path"])}),
+            devices=[
+                ModbusTcpDevice.model_construct(
+                    **{
+                        **device,
+                        "points": [ModbusPoint.model_construct(**p) for p in device["points"]],
+                    }
+                )
+                for device in data["devices"]
+            ],
+        )
 
     @property
     def client_id(self) -> str:

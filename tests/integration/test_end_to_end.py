@@ -234,3 +234,24 @@ def test_read_command_unknown_point(modbus, tmp_path: Path):
     assert result.returncode == 2
     assert "did you mean line.counter" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_run_refuses_a_bad_config_with_every_problem_and_no_traceback(tmp_path: Path):
+    config = tmp_path / "agent.yaml"
+    config.write_text(
+        "agent: {id: gw}\nmqtt: {host: 127.0.0.1, port: 70000}\n"
+        "devices:\n  - {name: plc, driver: modbus_tcp, host: 127.0.0.1, points: []}\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "agent", "run", str(config)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert f"{config}:2:31: mqtt.port: " in result.stderr
+    assert f"{config}:4:54: devices[0].points: needs at least 1 entry" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "data").exists(), "nothing is started on a bad config"

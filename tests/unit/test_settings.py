@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from agent.config import ConfigError, load_config
-from agent.settings import parse_duration
+from agent.settings import Config, parse_duration
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -43,3 +44,11 @@ def test_config_error_carries_every_problem(tmp_path: Path):
     fields = [problem.field for problem in caught.value.problems]
     assert fields == ["agent.id", "mqtt.port", "devices"]
     assert all(problem.file == str(path) for problem in caught.value.problems)
+
+
+def test_validated_config_rebuilds_identically_without_validation():
+    config = load_config(REPO / "config" / "examples" / "demo.yaml")
+    rebuilt = Config.from_validated(json.loads(config.model_dump_json()))
+    assert rebuilt == config
+    assert isinstance(rebuilt.agent.data_dir, Path)
+    assert rebuilt.devices[0].points[0].table == "holding"
