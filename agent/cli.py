@@ -212,7 +212,7 @@ def _simulate(args: argparse.Namespace) -> int:
     register_map = PRESS_LINE_MAP if args.device == "press-line" else METER_MAP
     print(f"Simulated {args.device} serving Modbus TCP on {args.host}:{args.port}, unit 1.")
     for name, table, address, value_type, order, unit in register_map:
-        print(f"  {table}:{address:<5} {value_type:<8} {order}  {name} {unit}")
+        print(f"  {table + ':' + str(address):<14} {value_type:<8} {order}  {name} ({unit})")
     print("Ctrl-C stops it.")
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())

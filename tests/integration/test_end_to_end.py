@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -255,3 +258,74 @@ def test_run_refuses_a_bad_config_with_every_problem_and_no_traceback(tmp_path: 
     assert f"{config}:4:54: devices[0].points: needs at least 1 entry" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "data").exists(), "nothing is started on a bad config"
+
+
+def test_modbus_exception_gives_bad_for_that_request_only(
+    broker, modbus, subscriber_factory, agent_factory, tmp_path
+):
+    modbus.set_value("holding", 0, 5, "uint16")
+    points = [
+        {"id": "fine", "address": "holding:0", "type": "uint16"},
+        # The simulated device has 2,000 registers: reading at 5,000 is an illegal address.
+        {"id": "missing", "address": "holding:5000", "type": "uint16"},
+    ]
+    config = write_config(
+        tmp_path, broker_port=broker.port, devices=[modbus_device("plc", modbus.port, points)]
+    )
+    subscriber = subscriber_factory(broker.port)
+    agent_factory(config).start()
+    subscriber.wait_for(
+        lambda: subscriber.samples_of("fine") and subscriber.samples_of("missing"),
+        what="both points",
+    )
+    missing = subscriber.samples_of("missing")[-1]
+    assert missing["q"] == "bad"
+    assert missing["v"] is None
+    assert missing["r"] == "exception 2 (illegal data address)"
+    assert all(s["q"] == "good" and s["v"] == 5 for s in subscriber.samples_of("fine"))
+
+
+def test_device_that_never_answers_gives_timeouts_then_reconnects(
+    broker, subscriber_factory, agent_factory, tmp_path
+):
+    """A TCP peer that accepts but never answers (a hung PLC or a half-open link)."""
+    silent = socket.create_server(("127.0.0.1", 0))
+    silent.listen()
+    port = silent.getsockname()[1]
+    accepted: list[socket.socket] = []
+
+    def accept_forever():
+        with contextlib.suppress(OSError):
+            while True:
+                accepted.append(silent.accept()[0])
+
+    threading.Thread(target=accept_forever, daemon=True).start()
+    try:
+        config = write_config(
+            tmp_path,
+            broker_port=broker.port,
+            devices=[
+                modbus_device(
+                    "hung",
+                    port,
+                    [{"id": "h", "address": "holding:0", "type": "int16"}],
+                    timeout="200ms",
+                )
+            ],
+        )
+        subscriber = subscriber_factory(broker.port)
+        agent = agent_factory(config)
+        agent.start()
+        subscriber.wait_for(lambda: len(subscriber.samples_of("h")) >= 3, what="timeouts")
+        assert all(
+            s["q"] == "bad" and s["r"] in ("timeout", "no answer to 3 polls in a row")
+            for s in subscriber.samples_of("h")
+        )
+        assert subscriber.samples_of("h")[0]["r"] == "timeout"
+        # After three silent polls the link is treated as dead and opened again.
+        subscriber.wait_for(lambda: len(accepted) >= 2, what="a new connection")
+        assert "no answer to 3 polls in a row" in agent.log()
+    finally:
+        silent.close()
+        for connection in accepted:
+            connection.close()
