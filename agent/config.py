@@ -77,14 +77,36 @@ def _parse_with_positions(text: str, file: str) -> Any:
 
 def _parse_fast(text: str, file: str) -> Any:
     """Plain Python values, with the C parser when ruamel.yaml.clib is installed: 8 times
-    faster than the round-trip parser, which only runs when a problem needs a position."""
+    faster than the round-trip parser, which otherwise only runs when a problem needs a
+    position.
+
+    The C parser follows libyaml's stricter scanning rules (it rejects `{address: input:0}`,
+    which YAML 1.2 allows), so whatever it refuses is parsed again by the round-trip parser,
+    whose verdict counts.
+    """
     yaml = YAML(typ="safe")
     yaml.allow_duplicate_keys = False
     try:
         return yaml.load(text)
     except YAMLError:
-        _parse_with_positions(text, file)  # raises ConfigError with the line and column
-        raise
+        return _plain(_parse_with_positions(text, file))
+
+
+def _plain(node: Any) -> Any:
+    """Copy ruamel's commented containers and scalar subclasses into plain Python values."""
+    if isinstance(node, dict):
+        return {str(key): _plain(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_plain(item) for item in node]
+    if isinstance(node, bool) or node is None:
+        return node
+    if isinstance(node, int):
+        return int(node)
+    if isinstance(node, float):
+        return float(node)
+    if isinstance(node, str):
+        return str(node)
+    return node
 
 
 def _yaml_problem(file: str, exc: MarkedYAMLError) -> ConfigProblem:

@@ -52,3 +52,16 @@ def test_validated_config_rebuilds_identically_without_validation():
     assert rebuilt == config
     assert isinstance(rebuilt.agent.data_dir, Path)
     assert rebuilt.devices[0].points[0].table == "holding"
+
+
+def test_yaml_that_only_the_round_trip_parser_accepts_still_loads(tmp_path: Path):
+    # libyaml (the fast C parser) refuses a ':' inside a plain scalar in a flow mapping;
+    # YAML 1.2 allows it, and `shopfloor demo` writes its config that way.
+    path = tmp_path / "agent.yaml"
+    path.write_text(
+        "agent: {id: gw, data_dir: data}\nmqtt: {host: 127.0.0.1}\n"
+        "devices:\n  - name: plc\n    driver: modbus_tcp\n    host: 127.0.0.1\n"
+        "    points:\n    - {id: a, address: input:0, type: float32}\n"
+    )
+    config = load_config(path)
+    assert config.devices[0].points[0].address == "input:0"
