@@ -107,8 +107,15 @@ class Agent:
             log.info("Stopped.")
 
     async def _health_loop(self) -> None:
+        failed = False
         while True:
-            self.publisher.offer_health(await asyncio.to_thread(self.health))
+            try:
+                self.publisher.offer_health(await asyncio.to_thread(self.health))
+                failed = False
+            except Exception:  # health must never take the data path down with it
+                if not failed:
+                    log.exception("Could not build the health report; data keeps flowing.")
+                failed = True
             await asyncio.sleep(self.config.mqtt.health_interval)
 
     def health(self) -> dict[str, Any]:

@@ -101,35 +101,21 @@ class DeviceRunner:
         self._connected = False
         self._down_since: int | None = None
         self._error = "not connected yet"
+        self._attempt = 0
+        self._retry_at = 0.0
+        self._crashed = False
 
     async def run(self) -> None:
         """Sample until cancelled."""
         loop = asyncio.get_running_loop()
         interval = self.device.interval
-        attempt = 0
-        retry_at = 0.0
         next_tick = loop.time()
         try:
             while True:
-                if not self._connected and loop.time() >= retry_at:
-                    try:
-                        await self.driver.connect()
-                    except NotConnected as exc:
-                        attempt += 1
-                        retry_at = loop.time() + backoff_delay(attempt, self.device.reconnect_max)
-                        self._went_down(str(exc))
-                    else:
-                        attempt = 0
-                        self._came_up()
-                if self._connected:
-                    try:
-                        samples = await self.driver.read(self._points)
-                    except NotConnected as exc:
-                        retry_at = loop.time() + backoff_delay(0, self.device.reconnect_max)
-                        self._went_down(str(exc))
-                        samples = self._bad_samples()
-                else:
-                    samples = self._bad_samples()
+                try:
+                    samples = await self._poll(loop)
+                except Exception as exc:  # noqa: BLE001 (a bug must not stop other devices)
+                    samples = await self._internal_error(exc)
                 self._emit(samples)
                 next_tick += interval
                 now = loop.time()
@@ -141,6 +127,46 @@ class DeviceRunner:
                 await asyncio.sleep(next_tick - now)
         finally:
             await self.driver.close()
+
+    async def _poll(self, loop: asyncio.AbstractEventLoop) -> Sequence[Sample]:
+        if not self._connected and loop.time() >= self._retry_at:
+            try:
+                await self.driver.connect()
+            except NotConnected as exc:
+                self._attempt += 1
+                self._retry_at = loop.time() + backoff_delay(
+                    self._attempt, self.device.reconnect_max
+                )
+                self._went_down(str(exc))
+            else:
+                self._attempt = 0
+                self._came_up()
+        if not self._connected:
+            return self._bad_samples()
+        try:
+            return await self.driver.read(self._points)
+        except NotConnected as exc:
+            self._retry_at = loop.time() + backoff_delay(0, self.device.reconnect_max)
+            self._went_down(str(exc))
+            return self._bad_samples()
+
+    async def _internal_error(self, exc: Exception) -> list[Sample]:
+        """An error the driver did not expect: log its traceback once per run, start over."""
+        if not self._crashed:
+            self._crashed = True
+            log.error(
+                "Device %s failed with an unexpected error; its points are reported BAD and the "
+                "connection is opened again. Please report this with the traceback below.",
+                self.device.name,
+                exc_info=exc,
+            )
+        with contextlib.suppress(Exception):
+            await self.driver.close()
+        self._retry_at = asyncio.get_running_loop().time() + backoff_delay(
+            self._attempt, self.device.reconnect_max
+        )
+        self._went_down(f"internal error: {exc!r}")
+        return self._bad_samples()
 
     def _emit(self, samples: Sequence[Sample]) -> None:
         self.handoff.stats.samples_in += len(samples)
