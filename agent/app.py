@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import resource
+import sqlite3
 import time
 from typing import Any
 
@@ -19,7 +21,7 @@ from agent.publish.payload import Topics, max_message_body
 from agent.settings import Config
 from drivers.modbus.client import ModbusTcpDriver
 
-__all__ = ["Agent", "read_password"]
+__all__ = ["Agent", "AgentFailed", "StartupError", "open_outbox", "read_password"]
 
 log = logging.getLogger(__name__)
 
@@ -29,13 +31,43 @@ _HANDOFF_BATCHES = 10_000
 SHUTDOWN_DRAIN_S = 5.0
 
 
+class AgentFailed(RuntimeError):
+    """A component failed in a way the agent cannot recover from; a restart is needed."""
+
+
+class StartupError(Exception):
+    """The agent cannot start: the outbox file or the MQTT password cannot be used."""
+
+
 def read_password(config: Config) -> str | None:
     """The MQTT password from its file or environment variable; never logged."""
-    if config.mqtt.password_file is not None:
-        return config.mqtt.password_file.read_text(encoding="utf-8").strip()
-    if config.mqtt.password_env is not None:
-        return os.environ[config.mqtt.password_env]
+    mqtt = config.mqtt
+    if mqtt.password_file is not None:
+        try:
+            return mqtt.password_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise StartupError(f"cannot read the MQTT password file: {exc}") from exc
+    if mqtt.password_env is not None:
+        try:
+            return os.environ[mqtt.password_env]
+        except KeyError:
+            raise StartupError(
+                f"the environment variable {mqtt.password_env} (mqtt.password_env) is not set"
+            ) from None
     return None
+
+
+def open_outbox(config: Config) -> tuple[Outbox, int]:
+    """Open (or create) the outbox file and count this start as a new session."""
+    path = config.outbox_path
+    try:
+        outbox = Outbox(path, synchronous=config.outbox.synchronous)
+        return outbox, outbox.next_session()
+    except (OSError, sqlite3.Error) as exc:
+        raise StartupError(
+            f"cannot open the outbox {path}: {exc}. If the file is damaged, move it aside; the "
+            "agent then starts with an empty one."
+        ) from exc
 
 
 class Agent:
@@ -45,9 +77,12 @@ class Agent:
         self.config = config
         self.topics = Topics(config.mqtt.topic_prefix, config.agent.id)
         self.stats = PipelineStats()
+        self.failure: BaseException | None = None
+        self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.started = time.monotonic()
-        self.outbox = Outbox(config.outbox_path, synchronous=config.outbox.synchronous)
-        self.session = self.outbox.next_session()
+        password = read_password(config)
+        self.outbox, self.session = open_outbox(config)
         self.buffer = LiveBuffer(self.outbox)
         self.publisher = MqttPublisher(
             config.mqtt,
@@ -56,7 +91,8 @@ class Agent:
             outbox=self.outbox,
             buffer=self.buffer,
             session=self.session,
-            password=read_password(config),
+            password=password,
+            on_fatal=self._component_failed,
         )
         self.handoff = Handoff(_HANDOFF_BATCHES, self.stats)
         self.runners = [
@@ -71,7 +107,12 @@ class Agent:
         )
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Run until `stop` is set, then flush the outbox, say offline and close."""
+        """Run until `stop` is set, then flush the outbox, say offline and close.
+
+        Raises `AgentFailed` after that if a component failed and stopped the agent.
+        """
+        self._stop = stop
+        self._loop = asyncio.get_running_loop()
         log.info(
             "shopfloor-agent %s starting as %s (session %d): %d devices, outbox %s.",
             __version__,
@@ -105,6 +146,15 @@ class Agent:
                 )
             self.outbox.close()
             log.info("Stopped.")
+        if self.failure is not None:
+            raise AgentFailed(f"a component failed: {self.failure!r}") from self.failure
+
+    def _component_failed(self, exc: BaseException) -> None:
+        """Called from any thread: stop the agent, which then exits with a failure status."""
+        self.failure = exc
+        if self._loop is not None and self._stop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed: already stopping
+                self._loop.call_soon_threadsafe(self._stop.set)
 
     async def _health_loop(self) -> None:
         failed = False

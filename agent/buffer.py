@@ -73,7 +73,9 @@ class LiveBuffer:
         self._entries: dict[int, LiveEntry] = {}  # insertion-ordered: oldest first
         self._next_key = 0
         self._committed_live_ids: set[int] = set()
+        self._committing_ids: set[int] = set()
         self._delivered_uncounted = 0
+        self._commit_lock = threading.Lock()
 
     # -- writer side --------------------------------------------------------------------------
 
@@ -96,13 +98,21 @@ class LiveBuffer:
 
         The count of records delivered straight from memory is written with the next real
         commit, or now if `count_delivered`: when the broker keeps up, nothing at all is written
-        between those calls, sparing the SD card.
+        between those calls, sparing the SD card. Commits run one at a time (the writer's
+        thread and the shutdown flush may overlap).
         """
+        with self._commit_lock:
+            return self._commit(older_than, count_delivered)
+
+    def _commit(self, older_than: float, count_delivered: bool) -> int:
         with self._lock:
             due = [
                 (key, entry)
                 for key, entry in self._entries.items()
-                if entry.added <= older_than and entry.row_id is None and entry.state != "acked"
+                if entry.added <= older_than
+                and entry.row_id is None
+                and entry.state != "acked"
+                and not entry.committing
             ]
             if not due and not count_delivered:
                 return 0
@@ -110,15 +120,24 @@ class LiveBuffer:
                 entry.committing = True
             delivered, self._delivered_uncounted = self._delivered_uncounted, 0
         try:
-            ids = self.outbox.append([entry.row for _, entry in due], delivered_records=delivered)
+            ids = self.outbox.append(
+                [entry.row for _, entry in due],
+                delivered_records=delivered,
+                before_commit=self._hide_from_backlog,
+            )
         except BaseException:
             with self._lock:
+                self._committing_ids.clear()
                 self._delivered_uncounted += delivered
-                for _key, entry in due:
+                for key, entry in due:
                     entry.committing = False
+                    if entry.state == "acked":  # delivered while the commit failed
+                        del self._entries[key]
+                        self._delivered_uncounted += entry.n
             raise
         acked_meanwhile = []
         with self._lock:
+            self._committing_ids.clear()
             for (key, entry), row_id in zip(due, ids, strict=True):
                 entry.committing = False
                 entry.row_id = row_id
@@ -132,6 +151,13 @@ class LiveBuffer:
         if acked_meanwhile:
             self.outbox.delete(acked_meanwhile)
         return sum(entry.n for _, entry in due)
+
+    def _hide_from_backlog(self, ids: Sequence[int]) -> None:
+        """Called inside the outbox transaction: until `_commit` has sorted the new rows into
+        live and backlog, the publisher must not lease them, or a row being sent from memory
+        could be sent a second time from the file."""
+        with self._lock:
+            self._committing_ids.update(ids)
 
     def commit_all(self) -> int:
         """Commit everything not acknowledged, and the delivered count (at shutdown)."""
@@ -167,8 +193,12 @@ class LiveBuffer:
         if to_delete:
             self.outbox.delete(to_delete)
 
-    def rejected(self, entries: Sequence[LiveEntry]) -> None:
-        """The broker refused these: back to pending, or to the backlog if already committed."""
+    def rejected(self, entries: Sequence[LiveEntry]) -> list[int]:
+        """The broker refused these: back to pending, or to the backlog if already committed.
+
+        Returns the ids of the rows that became backlog, so the publisher can lease them again.
+        """
+        to_backlog = []
         with self._lock:
             for entry in entries:
                 key = self._key_of(entry)
@@ -177,13 +207,15 @@ class LiveBuffer:
                 if entry.row_id is not None and not entry.committing:
                     del self._entries[key]
                     self._committed_live_ids.discard(entry.row_id)
+                    to_backlog.append(entry.row_id)
                 else:
                     entry.state = "pending"
+        return to_backlog
 
     def is_live(self, row_id: int) -> bool:
         """True while a committed row is still being delivered from memory."""
         with self._lock:
-            return row_id in self._committed_live_ids
+            return row_id in self._committed_live_ids or row_id in self._committing_ids
 
     def __len__(self) -> int:
         with self._lock:

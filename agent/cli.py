@@ -163,7 +163,7 @@ def _run(args: argparse.Namespace) -> int:
         stderr=subprocess.PIPE,
         text=True,
     )
-    from agent.app import Agent
+    from agent.app import Agent, AgentFailed, StartupError
     from agent.settings import Config
 
     validated, problems = checker.communicate()
@@ -181,10 +181,14 @@ def _run(args: argparse.Namespace) -> int:
             loop.add_signal_handler(signum, stop.set)
         await Agent(config).run(stop)
 
+    log = logging.getLogger("agent")
     try:
         asyncio.run(run())
-    except OSError as exc:
-        logging.getLogger("agent").error("The agent cannot start: %s", exc)
+    except StartupError as exc:
+        log.error("The agent cannot start: %s.", exc)
+        return EXIT_FAILED
+    except AgentFailed as exc:
+        log.error("The agent stopped because %s; see the error above.", exc)
         return EXIT_FAILED
     return EXIT_OK
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import types
 import typing
 from collections.abc import Iterable, Sequence
@@ -146,6 +147,14 @@ def load_config(path: str | Path) -> Config:
     Raises `ConfigError` with every problem found, never a bare pydantic or YAML exception.
     """
     path = Path(path)
+    try:
+        return _load_config(path)
+    except RecursionError:
+        message = "the file nests lists or mappings too deeply to be a configuration"
+        raise ConfigError([ConfigProblem(str(path), 1, 1, "(yaml)", message)]) from None
+
+
+def _load_config(path: Path) -> Config:
     text = _read_text(path)
     document = _parse_fast(text, str(path))
     if not isinstance(document, dict):
@@ -154,6 +163,7 @@ def load_config(path: str | Path) -> Config:
         )
         message = f"the file must be a mapping with agent, mqtt and devices; it is {found}"
         raise ConfigError([ConfigProblem(str(path), 1, 1, "(file)", message)])
+    _check_depth(document, text, str(path))
     locator = _Locator(str(path), text)
     problems = _cross_check(document, locator, path.parent)
     config = None
@@ -166,6 +176,36 @@ def load_config(path: str | Path) -> Config:
     return _resolve_paths(config, path.parent)
 
 
+# No valid configuration nests deeper than about 6 levels; a much deeper one is a mistake, and
+# locating problems in it would exhaust the round-trip parser's recursion.
+_MAX_DEPTH = 32
+
+
+def _check_depth(document: dict[str, Any], text: str, file: str) -> None:
+    for key, value in document.items():
+        stack = [(value, 1)]
+        while stack:
+            node, depth = stack.pop()
+            if depth > _MAX_DEPTH:
+                found = re.search(rf"^{re.escape(key)}\s*:", text, re.MULTILINE)
+                line = text.count("\n", 0, found.start()) + 1 if found else 1
+                message = f"nests lists or mappings more than {_MAX_DEPTH} levels deep"
+                raise ConfigError([ConfigProblem(file, line, 1, key, message)])
+            if isinstance(node, dict):
+                stack.extend((child, depth + 1) for child in node.values())
+            elif isinstance(node, list):
+                stack.extend((child, depth + 1) for child in node)
+
+
+def _resolve(base: Path, path: Path) -> Path:
+    """`base / path` made absolute, symbolic links resolved where that is possible (a link
+    loop is reported when the file is used, not here)."""
+    try:
+        return (base / path).resolve()
+    except (OSError, RuntimeError):
+        return Path(os.path.abspath(base / path))
+
+
 def _position(problem: ConfigProblem) -> tuple[int, int]:
     return problem.line, problem.column
 
@@ -173,10 +213,10 @@ def _position(problem: ConfigProblem) -> tuple[int, int]:
 def _resolve_paths(config: Config, base: Path) -> Config:
     data_dir = config.agent.data_dir
     if not data_dir.is_absolute():
-        data_dir = (base / data_dir).resolve()
+        data_dir = _resolve(base, data_dir)
     password_file = config.mqtt.password_file
     if password_file is not None and not password_file.is_absolute():
-        password_file = (base / password_file).resolve()
+        password_file = _resolve(base, password_file)
     return config.model_copy(
         update={
             "agent": config.agent.model_copy(update={"data_dir": data_dir}),
@@ -442,8 +482,8 @@ def _cross_check(document: dict[str, Any], locator: _Locator, base: Path) -> lis
     mqtt = document.get("mqtt")
     if isinstance(mqtt, dict):
         password_file = mqtt.get("password_file")
-        if isinstance(password_file, str):
-            resolved = (base / password_file).resolve()
+        if isinstance(password_file, str) and "\0" not in password_file:
+            resolved = _resolve(base, Path(password_file))
             if not resolved.is_file():
                 shown = repr(password_file)
                 if str(resolved) != password_file:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,8 +102,17 @@ class Outbox:
             self._set_meta("session", session)
         return session
 
-    def append(self, rows: Sequence[PendingRow], *, delivered_records: int = 0) -> list[int]:
+    def append(
+        self,
+        rows: Sequence[PendingRow],
+        *,
+        delivered_records: int = 0,
+        before_commit: Callable[[Sequence[int]], None] | None = None,
+    ) -> list[int]:
         """Commit rows in one transaction and return their ids, in order.
+
+        `before_commit`, if given, gets the new ids just before the transaction commits, while
+        no other thread can read the outbox yet.
 
         `accepted_records` in the meta table counts every record the agent ever took in: those
         committed here plus `delivered_records`, the ones the broker acknowledged before they
@@ -125,6 +134,8 @@ class Outbox:
                 "ON CONFLICT(key) DO UPDATE SET value = value + excluded.value",
                 (sum(row.n for row in rows) + delivered_records,),
             )
+            if before_commit is not None:
+                before_commit(ids)
         return ids
 
     def lease(self, after_id: int, limit: int) -> list[StoredRow]:

@@ -20,6 +20,7 @@ from typing import Literal
 from agent.buffer import LiveBuffer
 from agent.model import Event, Quality, Sample, now_ms
 from agent.outbox import PendingRow
+from agent.publish.payload import utf8_size
 from agent.settings import ModbusTcpDevice, OutboxSettings
 from agent.transforms import TransformChain
 from drivers.base import NotConnected
@@ -108,6 +109,8 @@ class DeviceRunner:
     async def run(self) -> None:
         """Sample until cancelled."""
         loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
         interval = self.device.interval
         next_tick = loop.time()
         try:
@@ -116,6 +119,11 @@ class DeviceRunner:
                     samples = await self._poll(loop)
                 except Exception as exc:  # noqa: BLE001 (a bug must not stop other devices)
                     samples = await self._internal_error(exc)
+                if task.cancelling():
+                    # Python 3.11's asyncio.wait_for, used inside pymodbus, drops a cancellation
+                    # that arrives as a connect or read completes; without this check the
+                    # agent would not stop until systemd killed it, without flushing.
+                    raise asyncio.CancelledError
                 self._emit(samples)
                 next_tick += interval
                 now = loop.time()
@@ -247,8 +255,11 @@ class OutboxWriter:
         while True:
             timeout = next_commit - time.monotonic()
             if timeout > 0 and len(self.buffer) < _MAX_LIVE_ROWS:
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow the
+                # cancellation that stops the agent when the queue yields at the same moment.
                 with contextlib.suppress(TimeoutError):
-                    batches = [await asyncio.wait_for(queue.get(), timeout)]
+                    async with asyncio.timeout(timeout):
+                        batches = [await queue.get()]
                     while not queue.empty() and len(batches) < 1000:
                         batches.append(queue.get_nowait())
                     self._take(batches)
@@ -262,7 +273,9 @@ class OutboxWriter:
                 count = time.monotonic() >= next_count
                 if count:
                     next_count = time.monotonic() + _COUNT_DELIVERED_EVERY_S
-                await asyncio.to_thread(self._commit, older_than, count)
+                # Shielded: cancelling the await cannot stop the thread, and `flush()` then
+                # waits for this commit to finish before committing the rest.
+                await asyncio.shield(asyncio.to_thread(self._commit, older_than, count))
                 next_commit = time.monotonic() + grace
 
     def flush(self) -> None:
@@ -305,7 +318,7 @@ def encode_rows(batch: Batch, max_body: int) -> list[PendingRow]:
     """
     records = batch.records
     body = "[" + ",".join([record.to_json() for record in records]) + "]"
-    if len(body) <= max_body or len(records) == 1:
+    if utf8_size(body) <= max_body or len(records) == 1:
         return [PendingRow(batch.kind, batch.topic, len(records), records[0].ts, body)]
     half = len(batch.records) // 2
     return [

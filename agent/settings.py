@@ -7,6 +7,7 @@ Nothing here does I/O.
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -42,11 +43,13 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a duration such as 250ms, 1s, 5m or 1h, not a boolean")
     if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
-        match = _DURATION.match(value)
-        if match:
-            return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _DURATION.match(value)):
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    else:
+        seconds = math.nan
+    if math.isfinite(seconds):
+        return seconds
     raise ValueError(f"expected a duration such as 250ms, 1s, 5m or 1h, got {value!r}")
 
 
@@ -107,6 +110,15 @@ def _check_name(name: str) -> str:
 
 Seconds = Annotated[float, BeforeValidator(parse_duration)]
 Host = Annotated[str, AfterValidator(_check_host)]
+
+
+def _check_path(path: Path) -> Path:
+    if "\0" in str(path):
+        raise ValueError("a path cannot contain a NUL character")
+    return path
+
+
+FilePath = Annotated[Path, AfterValidator(_check_path)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 Name = Annotated[str, Field(max_length=64), AfterValidator(_check_name)]
 
@@ -115,7 +127,7 @@ class _Strict(BaseModel):
     # defer_build: `shopfloor run` builds its Config from already validated JSON with
     # `Config.from_validated()` and never needs the validators, whose construction alone costs
     # about 5 MiB of memory (see agent/cli.py, _run).
-    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True, allow_inf_nan=False)
 
 
 class AgentSettings(_Strict):
@@ -123,7 +135,7 @@ class AgentSettings(_Strict):
 
     id: Name = Field(description="Agent id: the last level of every topic and the MQTT client id.")
     site: str | None = None
-    data_dir: Path = Field(
+    data_dir: FilePath = Field(
         default=Path("/var/lib/shopfloor"),
         description="Outbox and other state; relative paths are relative to the config file.",
     )
@@ -138,10 +150,12 @@ class MqttSettings(_Strict):
     client_id: Name | None = None
     version: Annotated[Literal["5", "3.1.1"], BeforeValidator(str)] = "5"
     username: str | None = None
-    password_file: Path | None = None
+    password_file: FilePath | None = None
     password_env: str | None = None
     topic_prefix: Annotated[str, AfterValidator(_check_topic_prefix)] = "shopfloor"
-    qos: Literal[0, 1, 2] = 1
+    # No QoS 0: the outbox deletes rows on the broker's acknowledgement, which QoS 0 never
+    # sends, and "no data lost" is the agent's promise.
+    qos: Literal[1, 2] = 1
     keepalive: Annotated[Seconds, _duration(5, 3600)] = 30.0
     max_inflight: Annotated[int, Field(ge=1, le=100)] = 20
     max_payload_bytes: Annotated[int, Field(ge=1024, le=256 * 1024 * 1024)] = 128 * 1024
@@ -162,7 +176,7 @@ class MqttSettings(_Strict):
 class OutboxSettings(_Strict):
     """The SQLite store-and-forward buffer."""
 
-    path: Path = Field(
+    path: FilePath = Field(
         default=Path("outbox.db"), description="Relative to agent.data_dir unless absolute."
     )
     commit_interval: Annotated[Seconds, _duration(0.01, 10)] = 0.25

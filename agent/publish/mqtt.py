@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import sqlite3
 import threading
 import time
 from collections import Counter
@@ -27,7 +28,14 @@ from paho.mqtt.reasoncodes import ReasonCode
 from agent.buffer import LiveBuffer, LiveEntry
 from agent.model import now_ms
 from agent.outbox import Outbox, StoredRow
-from agent.publish.payload import Packable, Topics, dumps, max_message_body, message_payload
+from agent.publish.payload import (
+    Packable,
+    Topics,
+    dumps,
+    max_message_body,
+    message_payload,
+    utf8_size,
+)
 from agent.settings import MqttSettings
 
 __all__ = ["MqttPublisher", "PublisherStats"]
@@ -41,6 +49,8 @@ PackableT = TypeVar("PackableT", bound=Packable)
 _LEASE_ROWS_PER_SLOT = 2
 # After the broker rejects a message, wait this long before offering its rows again.
 _REJECT_BACKOFF_S = 5.0
+# While the outbox file cannot be read or updated, try again this often.
+_DISK_RETRY_S = 2.0
 
 
 @dataclass(slots=True)
@@ -76,6 +86,7 @@ class MqttPublisher:
         buffer: LiveBuffer,
         session: int,
         password: str | None = None,
+        on_fatal: Callable[[BaseException], None] | None = None,
     ) -> None:
         self.settings = settings
         self.topics = topics
@@ -85,6 +96,7 @@ class MqttPublisher:
         self.stats = PublisherStats()
         self._client_id = client_id
         self._password = password
+        self._on_fatal = on_fatal
         self._events: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._wake = threading.Event()
         self._in_flight: dict[int, _InFlight] = {}
@@ -175,20 +187,44 @@ class MqttPublisher:
     # -- the publisher thread ------------------------------------------------------------------
 
     def _run(self) -> None:
+        disk_failing = False
+        offline_reason = "shutdown"
         try:
             while True:
                 self._wake.wait(0.5)
                 self._wake.clear()
-                self._drain_events()
-                if self._stop_deadline is not None and self._finished():
-                    break
-                if self._connected:
-                    self._publish_health()
-                    self._fill_window()
-        except Exception:
-            log.exception("The MQTT publisher stopped on an unexpected error; data stays queued.")
+                try:
+                    self._drain_events()
+                    if self._stop_deadline is not None and self._finished():
+                        break
+                    if self._connected:
+                        self._publish_health()
+                        self._fill_window()
+                except sqlite3.Error as exc:
+                    if self._stop_deadline is not None and time.monotonic() >= self._stop_deadline:
+                        break
+                    # Nothing is lost: unacknowledged rows stay in the file, and rows whose
+                    # deletion failed are sent again after the next start.
+                    if not disk_failing:
+                        log.error(
+                            "Cannot read or update the outbox (%s); publishing pauses and is "
+                            "retried every %.0f s.",
+                            exc,
+                            _DISK_RETRY_S,
+                        )
+                    disk_failing = True
+                    time.sleep(_DISK_RETRY_S)
+                    continue
+                if disk_failing:
+                    disk_failing = False
+                    log.warning("The outbox is readable again; publishing resumes.")
+        except Exception as exc:
+            log.exception("The MQTT publisher failed; the agent stops so that it can be restarted.")
+            offline_reason = f"publisher failed: {exc!r}"
+            if self._on_fatal is not None:
+                self._on_fatal(exc)
         finally:
-            self._say_offline()
+            self._say_offline(offline_reason)
 
     def _finished(self) -> bool:
         assert self._stop_deadline is not None
@@ -260,9 +296,7 @@ class MqttPublisher:
                     flight.records,
                     _REJECT_BACKOFF_S,
                 )
-            self.buffer.rejected(flight.entries)
-            if flight.row_ids:
-                self._cursor = min(self._cursor, min(flight.row_ids) - 1)
+            self._lease_again([*flight.row_ids, *self.buffer.rejected(flight.entries)])
             self._hold_until = time.monotonic() + _REJECT_BACKOFF_S
             return
         self.stats.messages_sent += 1
@@ -271,6 +305,11 @@ class MqttPublisher:
             self.buffer.acknowledged(flight.entries)
         if flight.row_ids:
             self.outbox.delete(flight.row_ids)
+
+    def _lease_again(self, row_ids: Sequence[int]) -> None:
+        """Move the backlog cursor back so these rows are leased and sent again."""
+        if row_ids:
+            self._cursor = min(self._cursor, min(row_ids) - 1)
 
     def _leasable(self, limit: int) -> list[StoredRow]:
         rows = self.outbox.lease(self._cursor, limit + len(self._in_flight_rows))
@@ -290,7 +329,8 @@ class MqttPublisher:
                 messages = self._pack(live)
                 for index, (kind, entries) in enumerate(messages):
                     if not self._publish(kind, entries):
-                        self.buffer.rejected([e for _, rest in messages[index:] for e in rest])
+                        unsent = [e for _, rest in messages[index:] for e in rest]
+                        self._lease_again(self.buffer.rejected(unsent))
                         return
                 continue
             rows = self._leasable(_LEASE_ROWS_PER_SLOT * self.settings.max_inflight)
@@ -315,11 +355,12 @@ class MqttPublisher:
         for index, item in enumerate(items):
             key = (item.kind, item.topic)
             first, group, size = open_messages.get(key, (index, [], 0))
-            if group and size + len(item.body) > limit:
+            item_size = utf8_size(item.body)
+            if group and size + item_size > limit:
                 done.append((first, item.kind, group))
                 first, group, size = index, [], 0
             group.append(item)
-            open_messages[key] = (first, group, size + len(item.body))
+            open_messages[key] = (first, group, size + item_size)
         done.extend((first, kind, group) for (kind, _), (first, group, _) in open_messages.items())
         done.sort(key=lambda message: message[0])
         return [(kind, group) for _, kind, group in done]
@@ -335,8 +376,7 @@ class MqttPublisher:
             # paho did not take the message at all (queue full, payload too large): retry later.
             self._seq -= 1
             self.stats.failures[f"publish: {mqtt.error_string(info.rc)}"] += 1
-            if row_ids:
-                self._cursor = min(self._cursor, row_ids[0] - 1)
+            self._lease_again(row_ids)
             self._hold_until = time.monotonic() + _REJECT_BACKOFF_S
             return False
         entries = tuple(item for item in items if isinstance(item, LiveEntry))
@@ -350,10 +390,10 @@ class MqttPublisher:
         if report is not None:
             self._client.publish(self.topics.health, dumps(report), qos=0, retain=False)
 
-    def _say_offline(self) -> None:
+    def _say_offline(self, reason: str) -> None:
         if self._connected:
             info = self._client.publish(
-                self.topics.status, self._status_payload("offline", "shutdown"), qos=1, retain=True
+                self.topics.status, self._status_payload("offline", reason), qos=1, retain=True
             )
             with contextlib.suppress(RuntimeError, ValueError):
                 info.wait_for_publish(timeout=2)

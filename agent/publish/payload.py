@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-__all__ = ["Packable", "Topics", "dumps", "max_message_body", "message_payload"]
+__all__ = ["Packable", "Topics", "dumps", "max_message_body", "message_payload", "utf8_size"]
 
 
 class Packable(Protocol):
@@ -28,6 +28,11 @@ class Packable(Protocol):
     @property
     def n(self) -> int:
         """How many records."""
+
+
+def utf8_size(text: str) -> int:
+    """Bytes `text` takes on the wire (payloads keep non-ASCII characters unescaped)."""
+    return len(text) if text.isascii() else len(text.encode())
 
 
 def dumps(document: Any) -> str:

@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+from drivers.simulate.broker import free_port
 from tests.conftest import REPO, modbus_device, write_config
 
 
@@ -329,3 +330,49 @@ def test_device_that_never_answers_gives_timeouts_then_reconnects(
         silent.close()
         for connection in accepted:
             connection.close()
+
+
+def test_run_with_a_damaged_outbox_says_what_to_do_and_exits_1(tmp_path: Path):
+    config = write_config(
+        tmp_path,
+        broker_port=free_port(),
+        devices=[modbus_device("plc", free_port(), [{"id": "x", "address": "coil:0"}])],
+    )
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "outbox.db").write_bytes(
+        b"this is not a database, it was an SD card" * 100
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "agent", "run", str(config)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert f"cannot open the outbox {tmp_path / 'data' / 'outbox.db'}" in result.stderr
+    assert "move it aside" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_run_with_an_unreadable_password_file_exits_1(tmp_path: Path):
+    password = tmp_path / "mqtt.password"
+    password.write_bytes(b"\xff\xfe not utf-8")
+    config = write_config(
+        tmp_path,
+        broker_port=free_port(),
+        devices=[modbus_device("plc", free_port(), [{"id": "x", "address": "coil:0"}])],
+        mqtt={"username": "gw", "password_file": str(password)},
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "agent", "run", str(config)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "cannot read the MQTT password file" in result.stderr
+    assert "Traceback" not in result.stderr

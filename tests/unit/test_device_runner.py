@@ -11,6 +11,7 @@ import pytest
 from agent.model import Quality, Sample, now_ms
 from agent.pipeline import DeviceRunner, Handoff, PipelineStats
 from agent.settings import ModbusPoint, ModbusTcpDevice
+from drivers.base import NotConnected
 
 
 class FlakyDriver:
@@ -70,3 +71,41 @@ def test_a_driver_bug_gives_bad_samples_and_polling_goes_on(caplog: pytest.LogCa
     assert driver.connects >= 2, "the device is connected again after the error"
     tracebacks = [r for r in caplog.records if r.exc_info]
     assert len(tracebacks) == 1, "the traceback is logged once, not at every poll"
+
+
+class SwallowsCancellation:
+    """Connects slowly and, when cancelled meanwhile, reports a failed connect instead of
+    passing the cancellation on: what pymodbus does under Python 3.11's asyncio.wait_for when
+    the cancellation and a refused connection coincide."""
+
+    endpoint = "test"
+
+    def __init__(self) -> None:
+        self.connecting = asyncio.Event()
+        self.swallowed = False
+
+    async def connect(self) -> None:
+        self.connecting.set()
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            if self.swallowed:
+                raise  # once is enough: a failing test must still end
+            self.swallowed = True
+            raise NotConnected("connection refused") from None
+
+    async def close(self) -> None:
+        pass
+
+
+def test_the_device_task_stops_even_when_the_driver_swallows_the_cancellation():
+    runner = DeviceRunner(device(), SwallowsCancellation(), Handoff(1000, PipelineStats()))  # type: ignore[arg-type]
+
+    async def stop_while_connecting() -> None:
+        task = asyncio.create_task(runner.run())
+        await runner.driver.connecting.wait()  # type: ignore[attr-defined]
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(asyncio.shield(task), 2)
+
+    asyncio.run(stop_while_connecting())
