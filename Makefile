@@ -40,7 +40,7 @@ test: install lint typecheck
 	$(BIN)/pytest -q
 
 bench: install
-	$(BIN)/python -m bench.modbus_500
+	$(BIN)/python -m bench.modbus_500 --check --duration 60
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info
