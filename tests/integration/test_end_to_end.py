@@ -16,6 +16,19 @@ from drivers.simulate.broker import free_port
 from tests.conftest import REPO, modbus_device, write_config
 
 
+def shopfloor(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the command line as a user would, and capture what it prints."""
+    return subprocess.run(
+        [sys.executable, "-m", "agent", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=30,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
 def float32(value: float) -> float:
     """The float a float32 register pair really holds."""
     result: float = struct.unpack(">f", struct.pack(">f", value))[0]
@@ -200,15 +213,7 @@ def test_read_command_prints_value_and_raw_registers(modbus, tmp_path: Path):
             )
         ],
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "agent", "read", str(config), "line.counter"],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=30,
-        env={**os.environ, "COLUMNS": "200"},
-        check=False,
-    )
+    result = shopfloor("read", str(config), "line.counter", env={"COLUMNS": "200"})
     assert result.returncode == 0, result.stderr
     assert str(0x01020304) in result.stdout
     assert "0304 0102" in result.stdout  # low word first on the wire
@@ -227,14 +232,7 @@ def test_read_command_unknown_point(modbus, tmp_path: Path):
             )
         ],
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "agent", "read", str(config), "line.countr"],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=30,
-        check=False,
-    )
+    result = shopfloor("read", str(config), "line.countr")
     assert result.returncode == 2
     assert "did you mean line.counter" in result.stderr
     assert "Traceback" not in result.stderr
@@ -246,14 +244,7 @@ def test_run_refuses_a_bad_config_with_every_problem_and_no_traceback(tmp_path: 
         "agent: {id: gw}\nmqtt: {host: 127.0.0.1, port: 70000}\n"
         "devices:\n  - {name: plc, driver: modbus_tcp, host: 127.0.0.1, points: []}\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "agent", "run", str(config)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=30,
-        check=False,
-    )
+    result = shopfloor("run", str(config))
     assert result.returncode == 2
     assert f"{config}:2:31: mqtt.port: " in result.stderr
     assert f"{config}:4:54: devices[0].points: needs at least 1 entry" in result.stderr
@@ -342,14 +333,7 @@ def test_run_with_a_damaged_outbox_says_what_to_do_and_exits_1(tmp_path: Path):
     (tmp_path / "data" / "outbox.db").write_bytes(
         b"this is not a database, it was an SD card" * 100
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "agent", "run", str(config)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=30,
-        check=False,
-    )
+    result = shopfloor("run", str(config))
     assert result.returncode == 1
     assert f"cannot open the outbox {tmp_path / 'data' / 'outbox.db'}" in result.stderr
     assert "move it aside" in result.stderr
@@ -365,14 +349,7 @@ def test_run_with_an_unreadable_password_file_exits_1(tmp_path: Path):
         devices=[modbus_device("plc", free_port(), [{"id": "x", "address": "coil:0"}])],
         mqtt={"username": "gw", "password_file": str(password)},
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "agent", "run", str(config)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=30,
-        check=False,
-    )
+    result = shopfloor("run", str(config))
     assert result.returncode == 1
     assert "cannot read the MQTT password file" in result.stderr
     assert "Traceback" not in result.stderr
