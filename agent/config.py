@@ -22,7 +22,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.constructor import DuplicateKeyError
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
-from agent.settings import REGISTER_COUNT, Config, FieldError
+from agent.settings import REGISTER_COUNT, Config, FieldError, parse_modbus_address
 
 __all__ = ["ConfigError", "ConfigProblem", "load_config", "load_yaml"]
 
@@ -318,7 +318,9 @@ def _problems_from_pydantic(exc: ValidationError, locator: _Locator) -> list[Con
         context = error.get("ctx", {})
         if kind == "extra_forbidden":
             key = str(loc[-1])
-            problems.append(locator.problem(loc, _unknown_field(key, loc), at_key=True))
+            problems.append(
+                locator.problem(loc, _unknown_field(key, loc, locator.document), at_key=True)
+            )
         elif kind == "missing":
             if _misspelt(loc, unknown_keys):
                 continue  # the unknown-key message already says "did you mean"
@@ -378,8 +380,8 @@ def _data_loc(loc: Loc, document: CommentedMap) -> Loc:
     return tuple(kept)
 
 
-def _unknown_field(key: str, loc: Loc) -> str:
-    allowed = _allowed_fields(loc[:-1])
+def _unknown_field(key: str, loc: Loc, document: CommentedMap) -> str:
+    allowed = _allowed_fields(loc[:-1], document)
     message = f"unknown field '{key}'"
     if allowed:
         close = difflib.get_close_matches(key, allowed, n=1)
@@ -389,23 +391,38 @@ def _unknown_field(key: str, loc: Loc) -> str:
     return message
 
 
-def _allowed_fields(loc: Loc) -> list[str]:
+def _allowed_fields(loc: Loc, document: CommentedMap) -> list[str]:
     """The field names of the model found at `loc`, for 'did you mean' hints."""
     annotation: Any = Config
+    node: Any = document
     for step in loc:
-        annotation = _unwrap(annotation)
+        annotation = _pick_member(_unwrap(annotation), node)
         if isinstance(step, int):
             args = typing.get_args(annotation)
             annotation = args[0] if args else None
+            node = node[step] if isinstance(node, list) and step < len(node) else None
         elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
             field = annotation.model_fields.get(step)
             annotation = field.annotation if field else None
+            node = node.get(step) if isinstance(node, dict) else None
         else:
             return []
-    annotation = _unwrap(annotation)
+    annotation = _pick_member(_unwrap(annotation), node)
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return list(annotation.model_fields)
     return []
+
+
+def _pick_member(annotation: Any, node: Any) -> Any:
+    """The member of a union of models (devices) that the document's `driver` names."""
+    if typing.get_origin(annotation) not in (typing.Union, types.UnionType):
+        return annotation
+    driver = node.get("driver") if isinstance(node, dict) else None
+    for member in typing.get_args(annotation):
+        field = getattr(member, "model_fields", {}).get("driver")
+        if field is not None and driver in typing.get_args(field.annotation):
+            return member
+    return annotation
 
 
 def _unwrap(annotation: Any) -> Any:
@@ -448,7 +465,7 @@ def _cross_check(document: dict[str, Any], locator: _Locator, base: Path) -> lis
                 )
             device_names.setdefault(name, loc)
         points = device.get("points")
-        occupied: dict[str, list[tuple[int, int, str]]] = {}
+        occupied: dict[str, list[tuple[int, int, str, object]]] = {}
         for p, point in enumerate(points if isinstance(points, list) else []):
             if not isinstance(point, dict):
                 continue
@@ -464,11 +481,15 @@ def _cross_check(document: dict[str, Any], locator: _Locator, base: Path) -> lis
                         )
                     )
                 point_owner.setdefault(point_id, (*point_loc, "id"))
-            span = _register_span(point)
+            span = _register_span(point, device.get("addressing", "protocol"))
             if span is None:
                 continue
             table, start, end = span
-            for other_start, other_end, other_id in occupied.get(table, []):
+            bit = point.get("bit") if point.get("type") == "bool" else None
+            for other_start, other_end, other_id, other_bit in occupied.get(table, []):
+                # Bits of one register are separate points; only the same bit twice overlaps.
+                if bit is not None and other_bit is not None and bit != other_bit:
+                    continue
                 if start <= other_end and other_start <= end:
                     problems.append(
                         locator.problem(
@@ -478,7 +499,7 @@ def _cross_check(document: dict[str, Any], locator: _Locator, base: Path) -> lis
                         )
                     )
                     break
-            occupied.setdefault(table, []).append((start, end, str(point_id)))
+            occupied.setdefault(table, []).append((start, end, str(point_id), bit))
     mqtt = document.get("mqtt")
     if isinstance(mqtt, dict):
         password_file = mqtt.get("password_file")
@@ -506,15 +527,22 @@ def _where(loc: Loc, locator: _Locator) -> str:
     return f"{_dotted(loc[:-1])} (line {line})"
 
 
-def _register_span(point: dict[str, Any]) -> tuple[str, int, int] | None:
+def _register_span(point: dict[str, Any], addressing: Any) -> tuple[str, int, int] | None:
     """(table, first, last) occupied by a point, or None if its address is not valid."""
-    table, sep, number = str(point.get("address", "")).partition(":")
-    if not sep or not number.isdigit() or table not in ("coil", "discrete", "input", "holding"):
+    addressing = point.get("addressing", addressing)
+    if addressing not in ("protocol", "one_based", "modicon"):
+        return None
+    try:
+        table, start = parse_modbus_address(point.get("address", ""), addressing)
+    except ValueError:
         return None
     width = 1
-    if table in ("input", "holding"):
-        width = REGISTER_COUNT.get(str(point.get("type")), 1)
-    start = int(number)
+    value_type = str(point.get("type"))
+    if table in ("input", "holding") and value_type == "string":
+        length = point.get("length")
+        width = (length + 1) // 2 if isinstance(length, int) and length > 0 else 1
+    elif table in ("input", "holding"):
+        width = REGISTER_COUNT.get(value_type, 1)
     return table, start, start + width - 1
 
 

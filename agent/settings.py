@@ -19,11 +19,15 @@ __all__ = [
     "Config",
     "DeviceSettings",
     "FieldError",
+    "ModbusDevice",
     "ModbusPoint",
+    "ModbusRtuDevice",
+    "ModbusRtuOverTcpDevice",
     "ModbusTcpDevice",
     "MqttSettings",
     "OutboxSettings",
     "parse_duration",
+    "parse_modbus_address",
 ]
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
@@ -187,8 +191,15 @@ class OutboxSettings(_Strict):
 
 
 ModbusTable = Literal["coil", "discrete", "input", "holding"]
-ModbusType = Literal["bool", "int16", "uint16", "int32", "uint32", "float32"]
+ModbusType = Literal[
+    "bool", "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64", "string"
+]
 WordOrder = Literal["ABCD", "CDAB", "BADC", "DCBA"]
+# How the addresses of a device's points are written:
+#   protocol   holding:99   the 0-based number sent in the request (what this agent prints)
+#   one_based  holding:100  the 1-based register number many manuals print (protocol + 1)
+#   modicon    40100        the 5- or 6-digit reference: table digit, then the 1-based number
+Addressing = Literal["protocol", "one_based", "modicon"]
 
 REGISTER_COUNT: dict[str, int] = {
     "bool": 1,
@@ -196,30 +207,67 @@ REGISTER_COUNT: dict[str, int] = {
     "uint16": 1,
     "int32": 2,
     "uint32": 2,
+    "int64": 4,
+    "uint64": 4,
     "float32": 2,
+    "float64": 4,
 }
 _TABLES = ("coil", "discrete", "input", "holding")
+_MODICON_TABLE = {"0": "coil", "1": "discrete", "3": "input", "4": "holding"}
 
 
-def _check_modbus_address(value: str) -> str:
-    table, sep, number = str(value).partition(":")
-    if not sep or table not in _TABLES or not number.isdigit():
-        raise ValueError(
-            f"expected TABLE:ADDRESS with TABLE one of {', '.join(_TABLES)} and a 0-based "
-            f"protocol address, e.g. holding:100; got {value!r}"
+def parse_modbus_address(
+    value: object, addressing: Addressing = "protocol"
+) -> tuple[ModbusTable, int]:
+    """(table, 0-based protocol address) of an address written in the given notation."""
+    text = str(value).strip()
+    if addressing == "modicon":
+        if not text.isdigit() or len(text) not in (5, 6) or text[0] not in _MODICON_TABLE:
+            raise ValueError(
+                "with addressing: modicon an address is a 5- or 6-digit reference whose first "
+                "digit names the table (0 coil, 1 discrete input, 3 input, 4 holding register), "
+                f"e.g. 40001 or 400001; got {text!r}"
+            )
+        number = int(text[1:])
+        if number < 1:
+            raise ValueError(f"{text} is not a register: Modicon references count from 1")
+        if number > 65536:
+            raise ValueError(f"{text} is beyond the Modbus range (at most {text[0]}65536)")
+        return _MODICON_TABLE[text[0]], number - 1  # type: ignore[return-value]
+    table, sep, number_text = text.partition(":")
+    if not sep or table not in _TABLES or not number_text.isdigit():
+        hint = (
+            "1-based register number" if addressing == "one_based" else "0-based protocol address"
         )
-    if int(number) > 65535:
-        raise ValueError(f"address {number} is beyond the Modbus range 0-65535")
-    return f"{table}:{int(number)}"
+        example = "holding:101" if addressing == "one_based" else "holding:100"
+        raise ValueError(
+            f"expected TABLE:ADDRESS with TABLE one of {', '.join(_TABLES)} and a {hint}, "
+            f"e.g. {example}; got {text!r}"
+        )
+    number = int(number_text)
+    if addressing == "one_based":
+        if number < 1:
+            raise ValueError(
+                "with addressing: one_based registers count from 1; use addressing: protocol "
+                "for 0-based addresses"
+            )
+        number -= 1
+    if number > 65535:
+        limit = 65536 if addressing == "one_based" else 65535
+        raise ValueError(f"address {number_text} is beyond the Modbus range (at most {limit})")
+    return table, number  # type: ignore[return-value]
 
 
 class ModbusPoint(_Strict):
     """One value read from a Modbus device."""
 
     id: Annotated[str, Field(max_length=200), AfterValidator(_check_name)]
-    address: Annotated[str, AfterValidator(_check_modbus_address)]
+    address: Annotated[str, BeforeValidator(str)]
     type: ModbusType | None = None
     order: WordOrder = "ABCD"
+    bit: Annotated[int, Field(ge=0, le=15)] | None = None
+    length: Annotated[int, Field(ge=1, le=250)] | None = None
+    byte_swap: bool = False
     scale: float = 1.0
     offset: float = 0.0
     unit: str | None = None
@@ -227,18 +275,24 @@ class ModbusPoint(_Strict):
     deadband: Annotated[float, Field(ge=0)] | None = None
     deadband_percent: Annotated[float, Field(gt=0, le=100)] | None = None
     heartbeat: Annotated[Seconds, _duration(0.1, 86400)] | None = None
+    # Filled in from the device when not given; kept on the point so it stands on its own.
+    addressing: Addressing = "protocol"
 
     @property
     def table(self) -> ModbusTable:
         """Which of the four Modbus tables the point lives in."""
-        table = self.address.split(":", 1)[0]
-        assert table in _TABLES
-        return table  # type: ignore[return-value]
+        return parse_modbus_address(self.address, self.addressing)[0]
 
     @property
     def register(self) -> int:
         """The 0-based protocol address."""
-        return int(self.address.split(":", 1)[1])
+        return parse_modbus_address(self.address, self.addressing)[1]
+
+    @property
+    def protocol_address(self) -> str:
+        """`table:address` with the 0-based protocol address, as the agent prints it."""
+        table, register = parse_modbus_address(self.address, self.addressing)
+        return f"{table}:{register}" if self.bit is None else f"{table}:{register}.{self.bit}"
 
     @property
     def value_type(self) -> ModbusType:
@@ -248,24 +302,39 @@ class ModbusPoint(_Strict):
     @property
     def width(self) -> int:
         """Registers (or bits) the point occupies."""
+        if self.type == "string":
+            return ((self.length or 0) + 1) // 2
         return REGISTER_COUNT[self.value_type]
 
     @model_validator(mode="after")
     def _type_fits_table(self) -> ModbusPoint:
-        bit_table = self.table in ("coil", "discrete")
+        try:
+            table, _ = parse_modbus_address(self.address, self.addressing)
+        except ValueError as exc:
+            raise FieldError("address", str(exc)) from None
+        bit_table = table in ("coil", "discrete")
         if bit_table and self.type not in (None, "bool"):
-            raise FieldError(
-                "type", f"a {self.table} holds a single bit: its type can only be bool"
-            )
+            raise FieldError("type", f"a {table} holds a single bit: its type can only be bool")
         if not bit_table and self.type is None:
             raise FieldError(
                 "type",
-                "a register point needs a type (int16, uint16, int32, uint32 or float32)",
+                "a register point needs a type: bool (with bit), int16, uint16, int32, uint32, "
+                "int64, uint64, float32, float64 or string (with length)",
             )
-        if not bit_table and self.type == "bool":
+        if not bit_table and self.type == "bool" and self.bit is None:
             raise FieldError(
-                "type", "bool is for coil and discrete points; read a register as uint16 instead"
+                "bit", "a bool read from a register needs the bit number: 0 (lowest) to 15"
             )
+        if self.bit is not None and (bit_table or self.type != "bool"):
+            raise FieldError("bit", "bit is only for a bool read from one bit of a register")
+        if self.type == "string" and self.length is None:
+            raise FieldError("length", "a string point needs its length in characters")
+        if self.type != "string" and (self.length is not None or self.byte_swap):
+            field = "length" if self.length is not None else "byte_swap"
+            raise FieldError(field, f"{field} is only for string points")
+        if self.type in ("bool", "string") and (self.scale != 1.0 or self.offset != 0.0):
+            field = "scale" if self.scale != 1.0 else "offset"
+            raise FieldError(field, f"a {self.type} point cannot be scaled")
         if self.deadband is not None and self.deadband_percent is not None:
             raise FieldError("deadband_percent", "give deadband or deadband_percent, not both")
         if self.heartbeat is not None and self.deadband is None and self.deadband_percent is None:
@@ -276,25 +345,122 @@ class ModbusPoint(_Strict):
         return self
 
 
-class ModbusTcpDevice(_Strict):
-    """A Modbus TCP server (a PLC, a meter, a gateway) and the points read from it."""
+def _inherit_addressing(data: Any) -> Any:
+    """Give each point the device's addressing unless it names its own."""
+    if not isinstance(data, dict):
+        return data
+    addressing = data.get("addressing", "protocol")
+    points = data.get("points")
+    if not isinstance(points, list):
+        return data
+    inherited = [
+        {**point, "addressing": addressing}
+        if isinstance(point, dict) and "addressing" not in point
+        else point
+        for point in points
+    ]
+    return {**data, "points": inherited}
+
+
+class _ModbusDevice(_Strict):
+    """What every Modbus device has, whatever carries its requests."""
 
     name: Name
-    driver: Literal["modbus_tcp"]
-    host: Host
-    port: Port = 502
     unit_id: Annotated[int, Field(ge=0, le=255)] = 1
     interval: Annotated[Seconds, _duration(0.01, 86400)] = 1.0
     timeout: Annotated[Seconds, _duration(0.05, 60)] = 1.0
+    # Requests that time out are sent again this many times before the block is BAD.
+    retries: Annotated[int, Field(ge=0, le=5)] = 0
+    # Quiet time on the line before each request, for bridges and slow devices that need it.
+    pause: Annotated[Seconds, _duration(0, 10)] = 0.0
     max_registers: Annotated[int, Field(ge=1, le=125)] = 125
     max_bits: Annotated[int, Field(ge=1, le=2000)] = 2000
     max_gap: Annotated[int, Field(ge=0, le=124)] = 16
+    addressing: Addressing = "protocol"
+    # Some devices implement only FC 15/16; "multiple" uses them for single values too.
+    write_functions: Literal["single", "multiple"] = "single"
     # Reconnect attempts back off exponentially with full jitter, up to this delay.
     reconnect_max: Annotated[Seconds, _duration(0.1, 600)] = 10.0
-    points: Annotated[list[ModbusPoint], Field(min_length=1)]
+    profile: str | None = None
+    quantities: list[str] | None = None
+    points: list[ModbusPoint] = Field(default_factory=list)
+
+    _addressing_to_points = model_validator(mode="before")(_inherit_addressing)
+
+    @model_validator(mode="after")
+    def _has_points(self) -> _ModbusDevice:
+        if not self.points:
+            raise FieldError("points", "needs at least 1 entry (or a profile with quantities)")
+        return self
+
+    @property
+    def line(self) -> str:
+        """What carries this device's requests: devices on the same line take turns."""
+        raise NotImplementedError
 
 
-DeviceSettings = Annotated[ModbusTcpDevice, Field(discriminator="driver")]
+class ModbusTcpDevice(_ModbusDevice):
+    """A Modbus TCP server (a PLC, a meter, a gateway) and the points read from it."""
+
+    driver: Literal["modbus_tcp"]
+    host: Host
+    port: Port = 502
+
+    @property
+    def line(self) -> str:
+        """`tcp://host:port`: units behind one gateway share its connection."""
+        return f"tcp://{self.host}:{self.port}"
+
+
+class ModbusRtuOverTcpDevice(_ModbusDevice):
+    """A serial Modbus device behind a serial-to-Ethernet converter that forwards RTU frames."""
+
+    driver: Literal["modbus_rtu_tcp"]
+    host: Host
+    port: Port = 502
+
+    @property
+    def line(self) -> str:
+        """`rtu+tcp://host:port`: the converter's serial bus."""
+        return f"rtu+tcp://{self.host}:{self.port}"
+
+
+BAUD_RATES = (1200, 2400, 4800, 9600, 14400, 19200, 38400, 57600, 115200, 230400)
+
+
+def _check_baudrate(value: int) -> int:
+    if value not in BAUD_RATES:
+        raise ValueError(
+            f"{value} is not a serial speed: use one of {', '.join(map(str, BAUD_RATES))}"
+        )
+    return value
+
+
+class ModbusRtuDevice(_ModbusDevice):
+    """A Modbus RTU device on a serial port (RS-485 or RS-232)."""
+
+    driver: Literal["modbus_rtu"]
+    serial_port: Annotated[FilePath, Field(description="e.g. /dev/ttyUSB0")]
+    baudrate: Annotated[int, AfterValidator(_check_baudrate)] = 9600
+    parity: Literal["none", "even", "odd"] = "none"
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
+
+    @property
+    def line(self) -> str:
+        """The serial port: devices on one port take turns."""
+        return f"serial://{self.serial_port}"
+
+
+ModbusDevice = ModbusTcpDevice | ModbusRtuOverTcpDevice | ModbusRtuDevice
+DeviceSettings = Annotated[ModbusDevice, Field(discriminator="driver")]
+_DEVICE_CLASSES: dict[
+    str, type[ModbusTcpDevice] | type[ModbusRtuOverTcpDevice] | type[ModbusRtuDevice]
+] = {
+    "modbus_tcp": ModbusTcpDevice,
+    "modbus_rtu_tcp": ModbusRtuOverTcpDevice,
+    "modbus_rtu": ModbusRtuDevice,
+}
 
 
 class Config(_Strict):
@@ -318,9 +484,14 @@ class Config(_Strict):
             ),
             outbox=OutboxSettings.model_construct(**{**outbox, "path": Path(outbox["path"])}),
             devices=[
-                ModbusTcpDevice.model_construct(
+                _DEVICE_CLASSES[device["driver"]].model_construct(
                     **{
                         **device,
+                        **(
+                            {"serial_port": Path(device["serial_port"])}
+                            if "serial_port" in device
+                            else {}
+                        ),
                         "points": [ModbusPoint.model_construct(**p) for p in device["points"]],
                     }
                 )

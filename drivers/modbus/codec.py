@@ -1,9 +1,14 @@
-"""Turn Modbus registers into typed values and back, in any of the four 32-bit orders.
+"""Turn Modbus registers into typed values and back, in any of the four byte/word orders.
 
-Orders name the bytes of the value as they arrive on the wire, most significant first:
-ABCD is big-endian (Modbus' own order), CDAB swaps the two words (common in meters), BADC swaps
-the bytes inside each word and DCBA reverses all four. For 16-bit types only the byte order
+Orders name the bytes of a 32-bit value as they arrive on the wire, most significant first:
+ABCD is big-endian (Modbus' own order), CDAB sends the low word first (common in meters), BADC
+swaps the bytes inside each word and DCBA reverses all four. The same names apply to 64-bit
+values: ABCD keeps all four words high first, CDAB sends the lowest word first, BADC swaps the
+bytes inside each word, DCBA reverses all eight bytes. For 16-bit values only the byte order
 counts: BADC and DCBA swap the two bytes, ABCD and CDAB keep them.
+
+Strings are ASCII, two characters per register, first character in the high byte unless
+`byte_swap` says the device puts it in the low byte; trailing NULs and spaces are dropped.
 """
 
 from __future__ import annotations
@@ -14,7 +19,16 @@ from collections.abc import Callable, Sequence
 
 from agent.settings import ModbusType, WordOrder
 
-__all__ = ["Decoder", "decode", "decoder_for", "encode", "registers_to_bytes"]
+__all__ = [
+    "Decoder",
+    "decode",
+    "decode_string",
+    "decoder_for",
+    "encode",
+    "encode_string",
+    "registers_to_bytes",
+    "reorder",
+]
 
 # Decodes the value whose first register starts at byte offset `at` of the block's bytes.
 Decoder = Callable[[bytes, int], int | float]
@@ -24,22 +38,29 @@ _FORMAT: dict[str, str] = {
     "uint16": ">H",
     "int32": ">i",
     "uint32": ">I",
+    "int64": ">q",
+    "uint64": ">Q",
     "float32": ">f",
+    "float64": ">d",
 }
-
-# For each order: the wire byte index that becomes value byte 0, 1, 2, 3 (big-endian).
-_PERMUTATION: dict[str, tuple[int, ...]] = {
-    "ABCD": (0, 1, 2, 3),
-    "CDAB": (2, 3, 0, 1),
-    "BADC": (1, 0, 3, 2),
-    "DCBA": (3, 2, 1, 0),
-}
+_FLOATS = ("float32", "float64")
 
 
 def _permutation(width: int, order: WordOrder) -> tuple[int, ...]:
-    if width == 2:
-        return (0, 1) if order in ("ABCD", "CDAB") else (1, 0)
-    return _PERMUTATION[order]
+    """For each byte of the big-endian value, the index of the wire byte that holds it."""
+    words = width // 2
+    word_sequence = range(words - 1, -1, -1) if order in ("CDAB", "DCBA") else range(words)
+    swap_bytes = order in ("BADC", "DCBA")
+    permutation: list[int] = []
+    for word in word_sequence:
+        high, low = 2 * word, 2 * word + 1
+        permutation.extend((low, high) if swap_bytes else (high, low))
+    return tuple(permutation)
+
+
+def reorder(wire: bytes, order: WordOrder) -> bytes:
+    """The wire bytes of one value rearranged into big-endian order."""
+    return bytes(wire[index] for index in _permutation(len(wire), order))
 
 
 def registers_to_bytes(registers: Sequence[int]) -> bytes:
@@ -48,9 +69,9 @@ def registers_to_bytes(registers: Sequence[int]) -> bytes:
 
 
 def decoder_for(value_type: ModbusType, order: WordOrder) -> Decoder:
-    """A function decoding one value of this type and order from a block's bytes."""
-    if value_type == "bool":
-        raise ValueError("bits are not decoded from registers")
+    """A function decoding one numeric value of this type and order from a block's bytes."""
+    if value_type not in _FORMAT:
+        raise ValueError(f"{value_type} values are not decoded as numbers")
     unpack = struct.Struct(_FORMAT[value_type]).unpack_from
     width = struct.calcsize(_FORMAT[value_type])
     permutation = _permutation(width, order)
@@ -65,22 +86,46 @@ def decoder_for(value_type: ModbusType, order: WordOrder) -> Decoder:
 
 
 def decode(registers: Sequence[int], value_type: ModbusType, order: WordOrder) -> int | float:
-    """Decode one value from exactly the registers it occupies."""
+    """Decode one number from exactly the registers it occupies."""
     return decoder_for(value_type, order)(registers_to_bytes(registers), 0)
+
+
+def decode_string(data: bytes, *, byte_swap: bool = False) -> str:
+    """The text in a string point's bytes; non-ASCII bytes become U+FFFD, so nothing is hidden."""
+    if byte_swap:
+        data = b"".join(data[i : i + 2][::-1] for i in range(0, len(data), 2))
+    return data.decode("ascii", errors="replace").rstrip("\0 ")
+
+
+def encode_string(text: str, length: int, *, byte_swap: bool = False) -> list[int]:
+    """The registers holding `text`, padded with NULs to `length` characters."""
+    try:
+        data = text.encode("ascii")
+    except UnicodeEncodeError:
+        raise ValueError(f"{text!r} is not ASCII text") from None
+    if len(data) > length:
+        raise ValueError(f"{text!r} is longer than the point's {length} characters")
+    data = data.ljust(length + length % 2, b"\0")
+    if byte_swap:
+        data = b"".join(data[i : i + 2][::-1] for i in range(0, len(data), 2))
+    return list(struct.unpack(f">{len(data) // 2}H", data))
 
 
 def encode(value: float, value_type: ModbusType, order: WordOrder) -> list[int]:
     """The registers to write so that a reader with the same type and order gets `value`."""
-    if value_type == "bool":
-        raise ValueError("bits are not encoded as registers")
+    if value_type not in _FORMAT:
+        raise ValueError(f"{value_type} values are not encoded as numbers")
     fmt = _FORMAT[value_type]
-    if value_type == "float32":
-        big_endian = struct.pack(fmt, float(value))
+    if value_type in _FLOATS:
+        try:
+            big_endian = struct.pack(fmt, float(value))
+        except OverflowError:
+            raise ValueError(f"{value} is out of range for {value_type}") from None
     else:
-        if isinstance(value, float) and not value.is_integer():
-            raise ValueError(f"{value} is not a whole number, cannot write it as {value_type}")
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"{value} cannot be written as {value_type}")
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError(f"{value} is not a whole number, cannot write it as {value_type}")
         try:
             big_endian = struct.pack(fmt, int(value))
         except struct.error:
