@@ -19,7 +19,8 @@ from agent.pipeline import DeviceRunner, Handoff, OutboxWriter, PipelineStats
 from agent.publish.mqtt import MqttPublisher
 from agent.publish.payload import Topics, max_message_body
 from agent.settings import Config
-from drivers.modbus.client import ModbusTcpDriver
+from drivers.modbus.client import ModbusDriver
+from drivers.modbus.line import ModbusLines
 
 __all__ = ["Agent", "AgentFailed", "StartupError", "open_outbox", "read_password"]
 
@@ -95,8 +96,11 @@ class Agent:
             on_fatal=self._component_failed,
         )
         self.handoff = Handoff(_HANDOFF_BATCHES, self.stats)
+        # Devices on one TCP endpoint or serial port share its line and take turns on it.
+        self.lines = ModbusLines()
         self.runners = [
-            DeviceRunner(device, ModbusTcpDriver(device), self.handoff) for device in config.devices
+            DeviceRunner(device, ModbusDriver(device, self.lines.for_device(device)), self.handoff)
+            for device in config.devices
         ]
         self.writer = OutboxWriter(
             self.buffer,
@@ -135,6 +139,7 @@ class Agent:
                 for task in tasks:
                     task.cancel()
         finally:
+            self.lines.close()
             self.writer.flush()
             await asyncio.to_thread(self.publisher.stop, SHUTDOWN_DRAIN_S)
             left = self.outbox.stats()

@@ -21,10 +21,10 @@ from agent.buffer import LiveBuffer
 from agent.model import Event, Quality, Sample, now_ms
 from agent.outbox import PendingRow
 from agent.publish.payload import utf8_size
-from agent.settings import ModbusTcpDevice, OutboxSettings
+from agent.settings import ModbusDevice, OutboxSettings
 from agent.transforms import TransformChain
 from drivers.base import NotConnected
-from drivers.modbus.client import ModbusTcpDriver
+from drivers.modbus.client import ModbusDriver
 
 __all__ = ["Batch", "DeviceRunner", "OutboxWriter", "PipelineStats", "backoff_delay", "encode_rows"]
 
@@ -93,7 +93,7 @@ class Handoff:
 class DeviceRunner:
     """Polls one device at its interval, forever, reconnecting with backoff when it is gone."""
 
-    def __init__(self, device: ModbusTcpDevice, driver: ModbusTcpDriver, handoff: Handoff) -> None:
+    def __init__(self, device: ModbusDevice, driver: ModbusDriver, handoff: Handoff) -> None:
         self.device = device
         self.driver = driver
         self.handoff = handoff

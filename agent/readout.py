@@ -9,10 +9,10 @@ from collections.abc import Sequence
 from rich.console import Console
 from rich.table import Table
 
-from agent.settings import Config, ModbusPoint, ModbusTcpDevice
+from agent.settings import Config, ModbusDevice, ModbusPoint
 from agent.transforms import scaled
 from drivers.base import NotConnected
-from drivers.modbus.client import ModbusTcpDriver
+from drivers.modbus.client import ModbusDriver
 
 __all__ = ["read_points"]
 
@@ -20,7 +20,7 @@ __all__ = ["read_points"]
 async def read_points(config: Config, point_ids: Sequence[str]) -> int:
     """Read the named points, print a table, and return 0 if every one was GOOD."""
     wanted: dict[str, list[ModbusPoint]] = {}
-    devices: dict[str, ModbusTcpDevice] = {}
+    devices: dict[str, ModbusDevice] = {}
     known = {point.id: device for device in config.devices for point in device.points}
     unknown = [point_id for point_id in point_ids if point_id not in known]
     for point_id in unknown:
@@ -39,7 +39,7 @@ async def read_points(config: Config, point_ids: Sequence[str]) -> int:
         table.add_column(column)
     all_good = True
     for name, points in wanted.items():
-        driver = ModbusTcpDriver(devices[name])
+        driver = ModbusDriver(devices[name])
         try:
             await driver.connect()
             results = await driver.read_blocks(points)

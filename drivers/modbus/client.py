@@ -1,30 +1,39 @@
-"""The Modbus TCP driver: one connection per device, one request in flight, batched reads."""
+"""The Modbus driver: one unit on a line (TCP, RTU over TCP or serial), batched reads, writes.
+
+Reads follow the planner's blocks, one request each. A block the unit rejects with "illegal data
+address" is split into smaller requests, and the split is kept for later polls. A unit that stops
+answering is told apart from a dead line: other units on the same line keep their turn.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import math
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
 from agent.model import Quality, Sample, Value, now_ms
-from agent.settings import ModbusPoint, ModbusTcpDevice
-from drivers.base import Health, LinkState, NotConnected, Unsupported
-from drivers.modbus.codec import Decoder, decoder_for, encode, registers_to_bytes
-from drivers.modbus.planner import ReadBlock, plan_reads
+from agent.settings import ModbusDevice, ModbusPoint
+from drivers.base import DriverError, Health, LinkState, NotConnected, Unsupported
+from drivers.modbus.codec import (
+    decode_string,
+    decoder_for,
+    encode,
+    encode_string,
+    registers_to_bytes,
+)
+from drivers.modbus.line import ModbusLine
+from drivers.modbus.planner import ReadBlock, plan_reads, split_block
 
-__all__ = ["BlockResult", "ModbusTcpDriver"]
+__all__ = ["BlockResult", "ModbusDriver", "WriteNotVerified"]
 
-# pymodbus logs every failed connect and timeout itself (timeouts at ERROR, with a dump of the
-# last frames); the device task logs each state change once and reports errors as BAD samples.
-logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+log = logging.getLogger(__name__)
 
-_EXCEPTION_NAMES = {
+EXCEPTION_NAMES = {
     1: "illegal function",
     2: "illegal data address",
     3: "illegal data value",
@@ -35,13 +44,24 @@ _EXCEPTION_NAMES = {
     10: "gateway path unavailable",
     11: "gateway target did not respond",
 }
+_ILLEGAL_ADDRESS = 2
 
 GOOD, BAD = Quality.GOOD, Quality.BAD
 isfinite = math.isfinite
 
-# After this many consecutive polls in which every request timed out, the TCP link is treated as
-# dead (half-open connections do not fail on their own) and reopened.
-_TIMEOUTS_BEFORE_RECONNECT = 3
+# After this many consecutive polls in which the unit answered nothing, it is declared silent:
+# the device task backs off, and if no unit on the line answered either, the link is reopened
+# (half-open TCP connections do not fail on their own).
+_SILENT_POLLS = 3
+_TIMEOUT = "timeout"
+_SKIPPED = "not asked: the unit did not answer the previous request of this poll"
+
+# How a point's value comes out of its block's bytes: (point id, byte offset, decode, finite?).
+Layout = list[tuple[str, int, Callable[[bytes, int], Value], bool]]
+
+
+class WriteNotVerified(DriverError):
+    """A write was acknowledged but reading it back gave something else."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,48 +75,61 @@ class BlockResult:
     ts: int
 
 
-class ModbusTcpDriver:
-    """Reads and writes one Modbus TCP unit. Construction does no I/O."""
+def _bit_decoder(bit: int) -> Callable[[bytes, int], Value]:
+    mask = 1 << bit
+    return lambda data, at: bool(((data[at] << 8) | data[at + 1]) & mask)
 
-    def __init__(self, device: ModbusTcpDevice) -> None:
+
+def _string_decoder(length: int, byte_swap: bool) -> Callable[[bytes, int], Value]:
+    size = length + length % 2
+    return lambda data, at: decode_string(data[at : at + size], byte_swap=byte_swap)[:length]
+
+
+class ModbusDriver:
+    """Reads and writes one Modbus unit. Construction does no I/O."""
+
+    def __init__(self, device: ModbusDevice, line: ModbusLine | None = None) -> None:
         self.device = device
-        self._client: AsyncModbusTcpClient | None = None
-        self._lock = asyncio.Lock()
+        # Without a shared line (tests, `shopfloor read`) the driver has a line of its own.
+        self._owns_line = line is None
+        self.line = line if line is not None else ModbusLine(device)
         self._health = Health(since_ms=now_ms())
         self._plans: dict[int, tuple[Sequence[ModbusPoint], list[ReadBlock]]] = {}
-        self._layouts: dict[int, list[tuple[str, int, Decoder | None]]] = {}
-        self._timeout_polls = 0
+        self._layouts: dict[int, Layout] = {}
+        self._silent_polls = 0
+        self._silent_since = 0.0
+        self._unit_silent = False
 
     @property
     def endpoint(self) -> str:
-        """`host:port/unit` for messages."""
-        return f"{self.device.host}:{self.device.port} unit {self.device.unit_id}"
+        """Where the unit is, for messages: `host:port unit N` or `/dev/ttyUSB0 unit N`."""
+        where = self.device.line.split("://", 1)[1]
+        return f"{where} unit {self.device.unit_id}"
 
     async def connect(self) -> None:
-        """Open the TCP connection; raise `NotConnected` when the device does not accept it."""
-        await self.close()
+        """Open the line (unless another unit did) and check that this unit answers.
+
+        Raises `NotConnected` when the line cannot be opened or the unit does not answer.
+        """
         self._set_state(LinkState.CONNECTING)
-        client = AsyncModbusTcpClient(
-            self.device.host,
-            port=self.device.port,
-            timeout=self.device.timeout,
-            retries=0,
-            reconnect_delay=0,  # reconnecting is the device task's job, with jitter
-        )
-        if not await client.connect():
-            client.close()
-            error = f"cannot open a TCP connection to {self.device.host}:{self.device.port}"
-            self._set_state(LinkState.DISCONNECTED, error)
-            raise NotConnected(error)
-        self._client = client
-        self._timeout_polls = 0
+        try:
+            await self.line.connect()
+        except NotConnected as exc:
+            self._set_state(LinkState.DISCONNECTED, str(exc))
+            raise
+        probe = self.plan(self.device.points)[:1]
+        if probe:
+            result = await self._read_block(probe[0])
+            if result.error == _TIMEOUT:
+                await self._silent(asyncio.get_running_loop().time())
+        self._silent_polls = 0
+        self._unit_silent = False
         self._set_state(LinkState.CONNECTED)
 
     async def close(self) -> None:
-        """Close the connection if open."""
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        """Close the line if it is this driver's own; a shared line stays open for the others."""
+        if self._owns_line:
+            self.line.close()
 
     def plan(self, points: Sequence[ModbusPoint]) -> list[ReadBlock]:
         """The read requests for these points (cached for the same sequence object)."""
@@ -111,17 +144,24 @@ class ModbusTcpDriver:
         )
         self._plans[id(points)] = (points, plan)
         for block in plan:
-            self._layouts[id(block)] = [
-                (
-                    point.id,
-                    point.register - block.start,
-                    None
-                    if point.value_type == "bool"
-                    else decoder_for(point.value_type, point.order),
-                )
-                for point in block.points
-            ]
+            self._remember_layout(block)
         return plan
+
+    def _remember_layout(self, block: ReadBlock) -> None:
+        layout: Layout = []
+        for point in block.points:
+            at = (point.register - block.start) * 2
+            if point.table in ("coil", "discrete"):
+                layout.append((point.id, point.register - block.start, _no_decode, False))
+            elif point.value_type == "bool":
+                layout.append((point.id, at, _bit_decoder(point.bit or 0), False))
+            elif point.value_type == "string":
+                decoder = _string_decoder(point.length or 0, point.byte_swap)
+                layout.append((point.id, at, decoder, False))
+            else:
+                is_float = point.value_type.startswith("float")
+                layout.append((point.id, at, decoder_for(point.value_type, point.order), is_float))
+        self._layouts[id(block)] = layout
 
     async def read(self, points: Sequence[ModbusPoint]) -> list[Sample]:
         """One request per planned block; failed blocks give BAD samples for their points."""
@@ -134,49 +174,109 @@ class ModbusTcpDriver:
     async def read_blocks(self, points: Sequence[ModbusPoint]) -> list[BlockResult]:
         """Raw answers per request, for callers that want the registers too."""
         plan = self.plan(points)
-        results = [await self._read_block(block) for block in plan]
+        results: list[BlockResult] = []
+        answered = False
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        refined: list[tuple[ReadBlock, list[ReadBlock]]] = []
+        for block in plan:
+            if results and results[-1].error == _TIMEOUT and not answered:
+                # One silent request is enough to know; asking the rest would hold the line
+                # for every block's timeout while other units wait.
+                results.append(BlockResult(block, None, None, _SKIPPED, now_ms()))
+                continue
+            result = await self._read_block(block)
+            if result.error == _ILLEGAL_ADDRESS_ERROR and len(block.points) > 1:
+                parts = await self._read_split(block)
+                refined.append((block, [part.block for part in parts]))
+                results.extend(parts)
+                answered = True
+                continue
+            answered = answered or result.error != _TIMEOUT
+            results.append(result)
+        if refined:
+            self._replace_blocks(points, refined)
         self._health.reads += 1
-        timed_out = sum(1 for result in results if result.error == "timeout")
-        if results and timed_out == len(results):
-            self._timeout_polls += 1
-            if self._timeout_polls >= _TIMEOUTS_BEFORE_RECONNECT:
-                await self._lost(f"no answer to {self._timeout_polls} polls in a row")
-        else:
-            self._timeout_polls = 0
-        if any(result.error is None for result in results):
+        if answered:
+            self._silent_polls = 0
             self._health.last_good_read_ms = results[-1].ts
+        elif results:
+            if self._silent_polls == 0:
+                self._silent_since = started
+            self._silent_polls += 1
+            if self._silent_polls >= _SILENT_POLLS:
+                await self._silent(self._silent_since)
         return results
 
+    async def _read_split(self, block: ReadBlock) -> list[BlockResult]:
+        """Read a rejected block as smaller requests, splitting again where they are rejected."""
+        parts = split_block(block)
+        log.info(
+            "Device %s rejected %s %d-%d (illegal data address); reading those %d points "
+            "in %d requests from now on.",
+            self.device.name,
+            block.table,
+            block.start,
+            block.start + block.count - 1,
+            len(block.points),
+            len(parts),
+        )
+        results: list[BlockResult] = []
+        for part in parts:
+            self._remember_layout(part)
+            result = await self._read_block(part)
+            if result.error == _ILLEGAL_ADDRESS_ERROR and len(part.points) > 1:
+                results.extend(await self._read_split(part))
+            else:
+                results.append(result)
+        return results
+
+    def _replace_blocks(
+        self, points: Sequence[ModbusPoint], refined: list[tuple[ReadBlock, list[ReadBlock]]]
+    ) -> None:
+        _, plan = self._plans[id(points)]
+        replacements = {id(old): new for old, new in refined}
+        new_plan: list[ReadBlock] = []
+        for block in plan:
+            new_plan.extend(replacements.get(id(block), [block]))
+        self._plans[id(points)] = (points, new_plan)
+
     async def _read_block(self, block: ReadBlock) -> BlockResult:
-        client = self._client
-        if client is None or not client.connected:
-            await self._lost("connection closed by the device")
-        call = {
-            "coil": client.read_coils,
-            "discrete": client.read_discrete_inputs,
-            "input": client.read_input_registers,
-            "holding": client.read_holding_registers,
+        function: Callable[[Any], Any] = {
+            "coil": lambda client: client.read_coils,
+            "discrete": lambda client: client.read_discrete_inputs,
+            "input": lambda client: client.read_input_registers,
+            "holding": lambda client: client.read_holding_registers,
         }[block.table]
-        self._health.requests += 1
-        try:
-            async with self._lock:
-                response: Any = await call(
-                    block.start, count=block.count, device_id=self.device.unit_id
+        unit = self.device.unit_id
+
+        async def send(client: Any) -> Any:
+            return await function(client)(block.start, count=block.count, device_id=unit)
+
+        response: Any = None
+        for _attempt in range(self.device.retries + 1):
+            self._health.requests += 1
+            try:
+                response = await self.line.request(
+                    send, response_timeout=self.device.timeout, pause=self.device.pause
                 )
-        except ConnectionException as exc:
-            await self._lost(f"connection lost: {exc}")
-        except (TimeoutError, ModbusIOException):
-            self._health.read_errors += 1
-            return BlockResult(block, None, None, "timeout", now_ms())
-        except ModbusException as exc:
-            self._health.read_errors += 1
-            return BlockResult(block, None, None, f"modbus error: {exc}", now_ms())
+                break
+            except NotConnected as exc:
+                await self._lost(str(exc))
+            except ConnectionException as exc:
+                await self._lost(f"connection lost: {exc}")
+            except (TimeoutError, ModbusIOException):
+                continue
+            except ModbusException as exc:
+                self._health.read_errors += 1
+                return BlockResult(block, None, None, f"modbus error: {exc}", now_ms())
         ts = now_ms()
+        if response is None:
+            self._health.read_errors += 1
+            return BlockResult(block, None, None, _TIMEOUT, ts)
         if response.isError():
             self._health.read_errors += 1
-            code = getattr(response, "exception_code", 0)
-            name = _EXCEPTION_NAMES.get(code, "unknown exception")
-            return BlockResult(block, None, None, f"exception {code} ({name})", ts)
+            return BlockResult(block, None, None, _exception_text(response), ts)
         if block.table in ("coil", "discrete"):
             return BlockResult(block, None, list(response.bits[: block.count]), None, ts)
         registers = list(response.registers)
@@ -190,18 +290,17 @@ class ModbusTcpDriver:
         block, ts = result.block, result.ts
         layout = self._layouts[id(block)]
         if result.error is not None:
-            return [Sample(point_id, None, BAD, ts, result.error) for point_id, _, _ in layout]
+            return [Sample(point_id, None, BAD, ts, result.error) for point_id, *_ in layout]
         if result.bits is not None:
             bits = result.bits
-            return [Sample(point_id, bits[offset], GOOD, ts) for point_id, offset, _ in layout]
+            return [Sample(point_id, bits[offset], GOOD, ts) for point_id, offset, *_ in layout]
         assert result.registers is not None
         data = registers_to_bytes(result.registers)
         samples = []
-        for point_id, offset, decoder in layout:
-            assert decoder is not None
-            value = decoder(data, offset * 2)
-            if not isfinite(value):
-                samples.append(Sample(point_id, None, BAD, ts, f"float32 {value}"))
+        for point_id, offset, decoder, is_float in layout:
+            value = decoder(data, offset)
+            if is_float and not isfinite(value):  # type: ignore[arg-type]
+                samples.append(Sample(point_id, None, BAD, ts, f"not a number: {value}"))
             else:
                 samples.append(Sample(point_id, value, GOOD, ts))
         return samples
@@ -210,46 +309,111 @@ class ModbusTcpDriver:
         """Modbus has no subscriptions."""
         raise Unsupported("Modbus devices are polled; they cannot be subscribed to")
 
-    async def write(self, point: ModbusPoint, value: Value) -> None:
-        """Write a coil (FC 5) or registers (FC 6 / 16), encoded with the point's type and order."""
-        client = self._client
-        if client is None or not client.connected:
-            raise NotConnected(f"not connected to {self.endpoint}")
+    async def write(self, point: ModbusPoint, value: Value, *, verify: bool = False) -> None:
+        """Write an engineering value, encoded with the point's own type, order and scale.
+
+        Coils use FC 5, one register FC 6, several FC 16 (FC 15 / 16 for everything when the
+        device sets `write_functions: multiple`). With `verify`, the registers or coil are read
+        back and compared; a difference raises `WriteNotVerified`.
+        """
         if point.table in ("discrete", "input"):
-            raise Unsupported(f"{point.table} points are read-only")
-        async with self._lock:
-            try:
-                if point.table == "coil":
-                    response: Any = await client.write_coil(
-                        point.register, bool(value), device_id=self.device.unit_id
-                    )
-                else:
-                    if not isinstance(value, int | float) or isinstance(value, bool):
-                        raise ValueError(f"{value!r} is not a number")
-                    registers = encode(value, point.value_type, point.order)
-                    if len(registers) == 1:
-                        response = await client.write_register(
-                            point.register, registers[0], device_id=self.device.unit_id
-                        )
-                    else:
-                        response = await client.write_registers(
-                            point.register, registers, device_id=self.device.unit_id
-                        )
-            except ConnectionException as exc:
-                raise NotConnected(str(exc)) from exc
-        if response.isError():
-            code = getattr(response, "exception_code", 0)
+            raise Unsupported(f"{point.id} is in the read-only {point.table} table")
+        if point.table == "holding" and point.value_type == "bool":
             raise Unsupported(
-                f"{self.endpoint} refused the write to {point.address}: exception {code} "
-                f"({_EXCEPTION_NAMES.get(code, 'unknown exception')})"
+                f"{point.id} is one bit of holding register {point.register}; writing it would "
+                "need a read-modify-write that can undo a change the device makes meanwhile. "
+                "Write the whole register as a uint16 point instead."
             )
+        multiple = self.device.write_functions == "multiple"
+        unit = self.device.unit_id
+        if point.table == "coil":
+            if not isinstance(value, bool) and value not in (0, 1):
+                raise ValueError(f"{value!r} is not a coil state: use true or false")
+            state = bool(value)
+
+            async def send(client: Any) -> Any:
+                if multiple:
+                    return await client.write_coils(point.register, [state], device_id=unit)
+                return await client.write_coil(point.register, state, device_id=unit)
+
+            expected: list[int] | list[bool] = [state]
+        else:
+            registers = self._encode(point, value)
+
+            async def send(client: Any) -> Any:
+                if len(registers) == 1 and not multiple:
+                    return await client.write_register(point.register, registers[0], device_id=unit)
+                return await client.write_registers(point.register, registers, device_id=unit)
+
+            expected = registers
+        response = await self._request(send, f"write to {point.id}")
+        if response.isError():
+            raise Unsupported(
+                f"{self.endpoint} refused the write to {point.id} ({point.protocol_address}): "
+                f"{_exception_text(response)}"
+            )
+        if verify:
+            await self._verify(point, expected)
+
+    def _encode(self, point: ModbusPoint, value: Value) -> list[int]:
+        if point.value_type == "string":
+            if not isinstance(value, str):
+                raise ValueError(f"{value!r} is not text, {point.id} is a string point")
+            return encode_string(value, point.length or 0, byte_swap=point.byte_swap)
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise ValueError(f"{value!r} is not a number, {point.id} is {point.value_type}")
+        raw: float = value
+        if point.scale != 1.0 or point.offset != 0.0:
+            raw = (value - point.offset) / point.scale
+            if not point.value_type.startswith("float"):
+                nearest = round(raw)
+                if abs(raw - nearest) > 1e-6 * max(1.0, abs(raw)):
+                    raise ValueError(
+                        f"{value} is not a multiple of {point.id}'s scale {point.scale:g}"
+                    )
+                raw = nearest
+        return encode(raw, point.value_type, point.order)
+
+    async def _verify(self, point: ModbusPoint, expected: list[int] | list[bool]) -> None:
+        block = ReadBlock(point.table, point.register, len(expected), (point,))
+        result = await self._read_block(block)
+        got = result.bits if result.bits is not None else result.registers
+        if result.error is not None:
+            raise WriteNotVerified(f"cannot read back {point.id} after writing it: {result.error}")
+        if got != list(expected):
+            raise WriteNotVerified(
+                f"{point.id} reads back as {_raw(got)} after writing {_raw(expected)}"
+            )
+
+    async def _request(self, send: Callable[[Any], Any], what: str) -> Any:
+        self._health.requests += 1
+        try:
+            return await self.line.request(
+                send, response_timeout=self.device.timeout, pause=self.device.pause
+            )
+        except NotConnected as exc:
+            raise NotConnected(f"cannot {what}: {exc}") from exc
+        except ConnectionException as exc:
+            await self._lost(f"connection lost: {exc}")
+        except (TimeoutError, ModbusIOException):
+            raise DriverError(f"{self.endpoint} did not answer the {what}") from None
 
     def health(self) -> Health:
         """Link state and counters."""
         return self._health
 
+    async def _silent(self, since: float) -> NoReturn:
+        """The unit has not answered since `since`: decide whether the whole line is dead."""
+        self._silent_polls = 0
+        self._unit_silent = True
+        if self.line.last_answer < since:
+            await self._lost(f"no answer from {self.endpoint}")
+        reason = f"unit {self.device.unit_id} does not answer (other units on the line do)"
+        self._set_state(LinkState.DISCONNECTED, reason)
+        raise NotConnected(reason)
+
     async def _lost(self, reason: str) -> NoReturn:
-        await self.close()
+        self.line.close()
         self._set_state(LinkState.DISCONNECTED, reason)
         raise NotConnected(reason)
 
@@ -259,3 +423,23 @@ class ModbusTcpDriver:
             self._health.since_ms = now_ms()
         if error is not None:
             self._health.last_error = error
+
+
+def _no_decode(_data: bytes, _at: int) -> Value:  # bit tables are not decoded from bytes
+    raise AssertionError("bits are taken from the response's bit list")
+
+
+def _exception_text(response: Any) -> str:
+    code = getattr(response, "exception_code", 0)
+    return f"exception {code} ({EXCEPTION_NAMES.get(code, 'unknown exception')})"
+
+
+_ILLEGAL_ADDRESS_ERROR = f"exception {_ILLEGAL_ADDRESS} ({EXCEPTION_NAMES[_ILLEGAL_ADDRESS]})"
+
+
+def _raw(values: Sequence[int] | Sequence[bool] | None) -> str:
+    if values is None:
+        return "nothing"
+    if values and isinstance(values[0], bool):
+        return str([int(v) for v in values])
+    return " ".join(f"{v:04X}" for v in values)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from agent.settings import ModbusPoint, ModbusTable
 
-__all__ = ["ReadBlock", "plan_reads"]
+__all__ = ["ReadBlock", "plan_reads", "split_block"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,3 +50,18 @@ def plan_reads(
         if current:
             blocks.append(ReadBlock(table, start, end - start, tuple(current)))
     return blocks
+
+
+def split_block(block: ReadBlock) -> list[ReadBlock]:
+    """Smaller requests for a block the device rejected as a whole.
+
+    A block that spans unused registers is first split into runs of adjacent points, since a
+    device usually rejects the gap; a run of adjacent points is split point by point.
+    """
+    runs = plan_reads(block.points, max_registers=block.count, max_bits=block.count, max_gap=0)
+    if len(runs) > 1:
+        return runs
+    return [
+        ReadBlock(block.table, point.register, point.width, (point,))
+        for point in sorted(block.points, key=lambda p: p.register)
+    ]

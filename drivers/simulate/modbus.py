@@ -1,7 +1,9 @@
-"""Simulated Modbus TCP devices: a press-line PLC and a three-phase power meter.
+"""Simulated Modbus devices: a press-line PLC and a three-phase power meter.
 
 Each runs a real pymodbus server in a thread of its own, so the demo, the benchmark and the
-tests talk to it over TCP exactly as to a real device, and can stop and restart it.
+tests talk to it exactly as to a real device, and can stop and restart it. Three transports:
+Modbus TCP, RTU frames over TCP (a serial-to-Ethernet converter) and RTU on a serial port
+(a pseudo-terminal from `drivers.simulate.serial_line` in tests).
 
 Register maps (0-based protocol addresses) are in `PRESS_LINE_MAP` and `METER_MAP`; the meter
 follows the Eastron SDM630 input-register layout so a future SDM630 profile reads it as is.
@@ -13,13 +15,17 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import random
+import termios
 import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
-from pymodbus.server import ModbusTcpServer
+from pymodbus.framer import FramerType
+from pymodbus.pdu import ModbusPDU
+from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from agent.settings import ModbusTable, ModbusType, WordOrder
@@ -30,6 +36,7 @@ __all__ = [
     "PRESS_LINE_MAP",
     "SimulatedModbusServer",
     "SimulatedPoint",
+    "Transport",
     "meter_model",
     "press_line_model",
 ]
@@ -42,6 +49,11 @@ _FUNCTION_CODE: dict[str, int] = {"coil": 1, "discrete": 2, "holding": 3, "input
 # pymodbus builds its simulated tables in quadratic time: 2,000 entries take 0.05 s, 10,000
 # take 2.4 s of CPU with the GIL held, enough to starve a second simulator in the same process.
 _TABLE_SIZE = 2_000
+
+Transport = Literal["tcp", "rtu_tcp", "rtu"]
+"""Modbus TCP, RTU frames over a TCP socket, or RTU on a serial port."""
+
+Parity = Literal["N", "E", "O"]
 
 SimulatedPoint = tuple[str, ModbusTable, int, ModbusType, WordOrder, str]
 """(name, table, address, type, order, unit): one entry of a simulated register map."""
@@ -138,30 +150,50 @@ def meter_model(seed: int = 11) -> Model:
 
 
 class SimulatedModbusServer:
-    """A real Modbus TCP server on `host:port` whose registers a model (or a test) writes.
+    """A real Modbus server whose registers a model (or a test) writes.
 
-    All four tables hold 2,000 entries at addresses 0-1,999 for every unit id in `unit_ids`.
-    `start()` and `stop()` may be called repeatedly to simulate a device going away.
+    `transport` picks the wire: "tcp" serves Modbus TCP on `host:port`; "rtu_tcp" serves RTU
+    frames on `host:port`, as a serial-to-Ethernet converter forwards them; "rtu" serves RTU on
+    the serial device `serial_port` at `baudrate`, `bytesize`, `parity` and `stopbits`. With
+    port 0 the OS picks a free TCP port: `port` holds it once started, and restarts keep it.
+
+    Every unit id in `unit_ids` has its own four tables of 2,000 entries at addresses 0-1,999.
+    A request for any other unit gets no answer at all, like a device that is switched off or
+    absent from the bus: the client times out. `start()` and `stop()` may be called repeatedly
+    to simulate a device going away; register contents survive it.
     """
 
     def __init__(
         self,
-        port: int,
+        port: int = 0,
         *,
         host: str = "127.0.0.1",
         unit_ids: Sequence[int] = (1,),
         register_map: Sequence[SimulatedPoint] = (),
         model: Model | None = None,
         tick: float = 0.1,
+        transport: Transport = "tcp",
+        serial_port: str | None = None,
+        baudrate: int = 9600,
+        bytesize: int = 8,
+        parity: Parity = "N",
+        stopbits: int = 1,
     ) -> None:
+        _check_transport(transport, serial_port, unit_ids)
         self.host = host
         self.port = port
         self.unit_ids = tuple(unit_ids)
         self.register_map = {entry[0]: entry for entry in register_map}
         self.model = model
         self.tick = tick
+        self.transport: Transport = transport
+        self.serial_port = serial_port
+        self.baudrate = baudrate
+        self.bytesize = bytesize
+        self.parity: Parity = parity
+        self.stopbits = stopbits
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._server: ModbusTcpServer | None = None
+        self._server: ModbusTcpServer | ModbusSerialServer | None = None
         self._thread: threading.Thread | None = None
         self._stopping: asyncio.Event | None = None
         self._started = threading.Event()
@@ -169,8 +201,19 @@ class SimulatedModbusServer:
         # Register contents survive stop/start like a real device's memory.
         self._memory: dict[tuple[int, str], list[int] | list[bool]] = {}
 
+    def describe(self) -> str:
+        """Where it serves, e.g. `Modbus RTU on /dev/pts/3 (9600 8N1)`."""
+        if self.transport == "rtu":
+            frame = f"{self.baudrate} {self.bytesize}{self.parity}{self.stopbits}"
+            return f"Modbus RTU on {self.serial_port} ({frame})"
+        name = "Modbus RTU over TCP" if self.transport == "rtu_tcp" else "Modbus TCP"
+        return f"{name} on {self.host}:{self.port}"
+
     def start(self) -> None:
-        """Listen on the port (returns once the server accepts connections)."""
+        """Listen (returns once the server accepts connections or serial requests).
+
+        Raises OSError when the port is taken or the serial device cannot be opened.
+        """
         if self._thread is not None:
             return
         self._started.clear()
@@ -179,11 +222,12 @@ class SimulatedModbusServer:
         self._thread.start()
         self._started.wait(10)
         if self._start_error is not None:
+            self._thread.join(5)
             self._thread = None
             raise self._start_error
 
     def stop(self) -> None:
-        """Close the server and every client connection."""
+        """Close the server and every client connection (or the serial port)."""
         if self._thread is None or self._loop is None or self._stopping is None:
             return
         self._loop.call_soon_threadsafe(self._stopping.set)
@@ -200,13 +244,15 @@ class SimulatedModbusServer:
     def set_registers(
         self, table: ModbusTable, address: int, values: list[int] | list[bool], unit: int = 1
     ) -> None:
-        """Write raw registers (or bits) into the server's memory."""
+        """Write raw registers (or bits) into the memory of one unit."""
+        self._check_unit(unit)
         self._call(self._set(unit, table, address, values))
 
     def get_registers(
         self, table: ModbusTable, address: int, count: int, unit: int = 1
     ) -> list[int] | list[bool]:
-        """Read raw registers (or bits) from the server's memory."""
+        """Read raw registers (or bits) from the memory of one unit."""
+        self._check_unit(unit)
         assert self._server is not None
         return self._call(self._server.async_getValues(unit, _FUNCTION_CODE[table], address, count))
 
@@ -228,8 +274,14 @@ class SimulatedModbusServer:
 
     # -- the server thread ---------------------------------------------------------------------
 
+    def _check_unit(self, unit: int) -> None:
+        if unit not in self.unit_ids:
+            units = ", ".join(map(str, self.unit_ids))
+            raise ValueError(f"unit {unit} is not simulated here (units {units})")
+
     def _call(self, coroutine: Coroutine[Any, Any, T]) -> T:
         if self._loop is None:
+            coroutine.close()  # never awaited: close it to avoid a RuntimeWarning
             raise RuntimeError("the simulated server is not running")
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(5)
 
@@ -239,6 +291,37 @@ class SimulatedModbusServer:
         except Exception as exc:  # noqa: BLE001 (handed to start(), which raises it)
             self._start_error = exc
             self._started.set()
+
+    def _make_server(self, devices: list[SimDevice]) -> ModbusTcpServer | ModbusSerialServer:
+        # pymodbus's hint says the hook returns a PDU; returning None drops the request.
+        drop_other_units = cast(Callable[[bool, ModbusPDU], ModbusPDU], self._drop_other_units)
+        if self.transport == "rtu":
+            assert self.serial_port is not None
+            return ModbusSerialServer(
+                devices,
+                framer=FramerType.RTU,
+                port=self.serial_port,
+                baudrate=self.baudrate,
+                bytesize=self.bytesize,
+                parity=self.parity,
+                stopbits=self.stopbits,
+                trace_pdu=drop_other_units,
+            )
+        return ModbusTcpServer(
+            devices,
+            framer=FramerType.RTU if self.transport == "rtu_tcp" else FramerType.SOCKET,
+            address=(self.host, self.port),
+            trace_pdu=drop_other_units,
+        )
+
+    def _drop_other_units(self, sending: bool, pdu: ModbusPDU) -> ModbusPDU | None:
+        """pymodbus's PDU hook: requests for units this device lacks are never answered.
+
+        Without it pymodbus answers them with an exception, which no absent device does.
+        """
+        if sending or pdu.dev_id in self.unit_ids:
+            return pdu
+        return None
 
     async def _serve(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -255,8 +338,19 @@ class SimulatedModbusServer:
             )
             for unit in self.unit_ids
         ]
-        server = ModbusTcpServer(devices, address=(self.host, self.port))
-        await server.serve_forever(background=True)
+        server = self._make_server(devices)
+        try:
+            await server.serve_forever(background=True)
+        except RuntimeError as exc:  # pymodbus hides the OSError behind "could not listen"
+            raise OSError(
+                f"cannot serve {self.describe()}: port in use or serial device unavailable"
+            ) from exc
+        if self.transport == "rtu":
+            assert self.serial_port is not None
+            _discard_pending_input(self.serial_port)
+        elif self.port == 0:
+            listener = cast(asyncio.Server, server.transport)
+            self.port = int(listener.sockets[0].getsockname()[1])
         self._server = server
         for (unit, table), values in self._memory.items():
             await server.async_setValues(unit, _FUNCTION_CODE[table], 0, values)
@@ -296,15 +390,57 @@ class SimulatedModbusServer:
         await self._server.async_setValues(unit, _FUNCTION_CODE[table], address, values)
 
 
+def _check_transport(transport: str, serial_port: str | None, unit_ids: Sequence[int]) -> None:
+    if transport not in ("tcp", "rtu_tcp", "rtu"):
+        raise ValueError(f"transport {transport!r} is not one of tcp, rtu_tcp, rtu")
+    if transport == "rtu" and not serial_port:
+        raise ValueError("transport 'rtu' needs serial_port, e.g. /dev/ttyUSB0")
+    if not unit_ids or len(set(unit_ids)) != len(unit_ids):
+        raise ValueError(f"unit_ids must be distinct and not empty: {list(unit_ids)}")
+    # On a serial bus 0 is the broadcast address and 248-255 are reserved.
+    lowest, highest = (1, 247) if transport != "tcp" else (0, 255)
+    if not all(lowest <= unit <= highest for unit in unit_ids):
+        raise ValueError(f"unit ids on {transport} must be {lowest}-{highest}: {list(unit_ids)}")
+
+
+def _discard_pending_input(path: str) -> None:
+    """Drop bytes that reached the serial port while the device was off.
+
+    A real device never sees requests sent while it was powered down; answering them late
+    would pair a stale answer with the client's next request.
+    """
+    with contextlib.suppress(OSError, termios.error):
+        fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+        try:
+            termios.tcflush(fd, termios.TCIFLUSH)
+        finally:
+            os.close(fd)
+
+
 SimulatorKind = Literal["press-line", "meter"]
 
 
 def build_simulator(
-    kind: SimulatorKind, port: int, host: str = "127.0.0.1"
+    kind: SimulatorKind,
+    port: int = 0,
+    host: str = "127.0.0.1",
+    *,
+    transport: Transport = "tcp",
+    serial_port: str | None = None,
+    baudrate: int = 9600,
+    unit_ids: Sequence[int] = (1,),
 ) -> SimulatedModbusServer:
-    """The press-line PLC or the meter, ready to `start()`."""
-    if kind == "press-line":
-        return SimulatedModbusServer(
-            port, host=host, register_map=PRESS_LINE_MAP, model=press_line_model()
-        )
-    return SimulatedModbusServer(port, host=host, register_map=METER_MAP, model=meter_model())
+    """The press-line PLC or the meter, ready to `start()`; every unit follows the same model."""
+    register_map, model = (
+        (PRESS_LINE_MAP, press_line_model()) if kind == "press-line" else (METER_MAP, meter_model())
+    )
+    return SimulatedModbusServer(
+        port,
+        host=host,
+        register_map=register_map,
+        model=model,
+        transport=transport,
+        serial_port=serial_port,
+        baudrate=baudrate,
+        unit_ids=unit_ids,
+    )

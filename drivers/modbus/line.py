@@ -1,0 +1,179 @@
+"""A Modbus line: a TCP connection, a converter's socket or a serial port, shared by its units.
+
+Modbus cannot tell two answers apart on a serial bus, and most TCP gateways serve one request at
+a time, so a line carries one request at a time. Units take turns request by request (the lock
+is fair: first come, first served), so a unit that does not answer delays the others by at most
+its own timeout per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.framer import FramerType
+
+from agent.settings import ModbusDevice, ModbusRtuDevice, ModbusRtuOverTcpDevice
+from drivers.base import NotConnected
+
+__all__ = ["LineSettingsDiffer", "ModbusLine", "ModbusLines"]
+
+# pymodbus logs every failed connect and timeout itself (timeouts at ERROR, with a dump of the
+# last frames); the device task logs each state change once and reports errors as BAD samples.
+logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+
+T = TypeVar("T")
+Client = AsyncModbusTcpClient | AsyncModbusSerialClient
+
+_PARITY = {"none": "N", "even": "E", "odd": "O"}
+
+
+class LineSettingsDiffer(ValueError):
+    """Two devices on one serial port ask for different serial settings."""
+
+
+class ModbusLine:
+    """The shared link of the devices on one line; construction does no I/O."""
+
+    def __init__(self, device: ModbusDevice) -> None:
+        self.key = device.line
+        self._template = device
+        self._client: Client | None = None
+        self._request_lock = asyncio.Lock()
+        self._connect_lock = asyncio.Lock()
+        self._last_request_end = 0.0
+        # Loop time of the last answer from any unit (an exception response counts): lets a
+        # device tell "my unit is silent" from "the line is dead".
+        self.last_answer = 0.0
+        self.requests = 0
+
+    @property
+    def connected(self) -> bool:
+        """Whether the link is open."""
+        return self._client is not None and self._client.connected
+
+    def check_compatible(self, device: ModbusDevice) -> None:
+        """Refuse a device whose serial settings differ from the line's first device."""
+        first = self._template
+        if isinstance(device, ModbusRtuDevice) and isinstance(first, ModbusRtuDevice):
+            mine = (device.baudrate, device.parity, device.stopbits, device.bytesize)
+            theirs = (first.baudrate, first.parity, first.stopbits, first.bytesize)
+            if mine != theirs:
+                raise LineSettingsDiffer(
+                    f"devices {first.name} and {device.name} share {device.serial_port} but ask "
+                    "for different serial settings (baudrate, parity, stopbits, bytesize)"
+                )
+
+    async def connect(self) -> None:
+        """Open the link unless it is open; raise `NotConnected` if that fails."""
+        async with self._connect_lock:
+            if self.connected:
+                return
+            self.close()
+            client = self._new_client()
+            # Our own policy decides when a silent line is dead (see ModbusDriver): pymodbus
+            # would otherwise drop a TCP connection shared with healthy units after a few
+            # timeouts of one dead unit.
+            client.set_max_no_responses(1_000_000)
+            if not await client.connect():
+                client.close()
+                raise NotConnected(f"cannot open {self.describe()}")
+            self._client = client
+
+    def close(self) -> None:
+        """Close the link; the devices on it reconnect through `connect()`."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def describe(self) -> str:
+        """The line in words, for messages."""
+        device = self._template
+        if isinstance(device, ModbusRtuDevice):
+            return (
+                f"serial port {device.serial_port} ({device.baudrate} baud, "
+                f"{device.bytesize}{_PARITY[device.parity]}{device.stopbits})"
+            )
+        kind = (
+            "RTU-over-TCP connection"
+            if isinstance(device, ModbusRtuOverTcpDevice)
+            else "TCP connection"
+        )
+        return f"a {kind} to {device.host}:{device.port}"
+
+    async def request(
+        self,
+        call: Callable[[Client], Awaitable[T]],
+        *,
+        response_timeout: float,
+        pause: float = 0.0,
+    ) -> T:
+        """Run one request alone on the line, after `pause` seconds of quiet since the last.
+
+        `response_timeout` is handed to pymodbus, which waits that long for the answer; an
+        outer asyncio timeout would cancel pymodbus mid-request and confuse the next one.
+
+        Raises `NotConnected` when the link is closed; pymodbus' own exceptions pass through.
+        """
+        loop = asyncio.get_running_loop()
+        async with self._request_lock:
+            client = self._client
+            if client is None or not client.connected:
+                raise NotConnected(f"{self.describe()} is closed")
+            if pause > 0:
+                quiet_for = loop.time() - self._last_request_end
+                if quiet_for < pause:
+                    await asyncio.sleep(pause - quiet_for)
+            # pymodbus reads the timeout at every request; devices on one line may differ.
+            client.ctx.comm_params.timeout_connect = response_timeout
+            self.requests += 1
+            try:
+                response: Any = await call(client)
+            finally:
+                self._last_request_end = loop.time()
+            self.last_answer = self._last_request_end
+            return response  # type: ignore[no-any-return]
+
+    def _new_client(self) -> Client:
+        device = self._template
+        common: dict[str, Any] = {
+            "timeout": device.timeout,
+            "retries": 0,  # the driver retries, so that other units get their turn between
+            "reconnect_delay": 0,  # reconnecting is the device task's job, with jitter
+        }
+        if isinstance(device, ModbusRtuDevice):
+            return AsyncModbusSerialClient(
+                str(device.serial_port),
+                framer=FramerType.RTU,
+                baudrate=device.baudrate,
+                bytesize=device.bytesize,
+                parity=_PARITY[device.parity],
+                stopbits=device.stopbits,
+                **common,
+            )
+        framer = FramerType.RTU if isinstance(device, ModbusRtuOverTcpDevice) else FramerType.SOCKET
+        return AsyncModbusTcpClient(device.host, port=device.port, framer=framer, **common)
+
+
+class ModbusLines:
+    """The lines of one agent, one per TCP endpoint or serial port, made on first use."""
+
+    def __init__(self) -> None:
+        self._lines: dict[str, ModbusLine] = {}
+
+    def for_device(self, device: ModbusDevice) -> ModbusLine:
+        """The line this device's requests travel on."""
+        line = self._lines.get(device.line)
+        if line is None:
+            line = self._lines[device.line] = ModbusLine(device)
+        else:
+            line.check_compatible(device)
+        return line
+
+    def close(self) -> None:
+        """Close every line."""
+        for line in self._lines.values():
+            line.close()
