@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from agent.settings import ModbusPoint
-from drivers.modbus.planner import plan_reads
+from drivers.modbus.planner import plan_reads, split_block
 
 
-def point(address: str, value_type: str | None = "uint16", name: str | None = None) -> ModbusPoint:
-    return ModbusPoint(id=name or address.replace(":", "_"), address=address, type=value_type)
+def point(
+    address: str, value_type: str | None = "uint16", name: str | None = None, **extra: object
+) -> ModbusPoint:
+    return ModbusPoint(
+        id=name or address.replace(":", "_"), address=address, type=value_type, **extra
+    )
 
 
 def plan(points, *, max_registers=125, max_bits=2000, max_gap=16):
@@ -73,3 +77,62 @@ def test_bits_use_the_bit_limit():
     points = [point(f"coil:{i}", None) for i in range(0, 3000, 100)]
     blocks = plan(points, max_gap=100)
     assert [entry[1:3] for entry in blocks] == [(0, 1901), (2000, 901)]
+
+
+def test_500_contiguous_float32_take_9_requests_not_8():
+    # 1,000 registers would fit 8 requests of 125 only by cutting a float in half; a value
+    # read in two requests can mix two different moments, so the planner never does that.
+    points = [point(f"input:{2 * i}", "float32", f"t{i}") for i in range(500)]
+    assert len(plan(points)) == 9
+
+
+def test_64_bit_values_and_strings_are_never_split():
+    points = [point(f"holding:{4 * i}", "uint64", f"e{i}") for i in range(40)]
+    blocks = plan(points)
+    assert [entry[1:3] for entry in blocks] == [(0, 124), (124, 36)]
+    text = point("holding:200", "string", "serial", length=15)
+    assert plan([text]) == [("holding", 200, 8, ["serial"])]
+
+
+def test_bits_of_one_register_share_it():
+    points = [
+        point("holding:7", "bool", "alarm_a", bit=0),
+        point("holding:7", "bool", "alarm_b", bit=15),
+        point("holding:8", "int16", "speed"),
+    ]
+    assert plan(points) == [("holding", 7, 2, ["alarm_a", "alarm_b", "speed"])]
+
+
+def test_scattered_points_with_small_gaps_merge_and_large_gaps_do_not():
+    points = [
+        point("input:0", "float32", "v1"),
+        point("input:2", "float32", "v2"),
+        point("input:12", "float32", "p1"),  # 8-register gap: read through
+        point("input:52", "float32", "p_total"),  # 38-register gap: a new request
+        point("input:70", "float32", "f"),
+        point("input:72", "float32", "e_import"),
+    ]
+    assert plan(points, max_gap=16) == [
+        ("input", 0, 14, ["v1", "v2", "p1"]),
+        ("input", 52, 22, ["p_total", "f", "e_import"]),
+    ]
+    assert len(plan(points, max_gap=40)) == 1
+
+
+def test_a_rejected_block_is_cut_at_its_widest_gap_and_each_part_spans_only_its_points():
+    points = [
+        point("holding:0", "float32", "a"),
+        point("holding:2", "float32", "b"),
+        point("holding:10", "uint16", "c"),
+        point("holding:30", "uint16", "d"),
+        point("holding:31", "uint16", "e"),
+    ]
+    [block] = plan_reads(points, max_registers=125, max_bits=2000, max_gap=20)
+    parts = split_block(block)
+    assert [(b.start, b.count, [p.id for p in b.points]) for b in parts] == [
+        (0, 11, ["a", "b", "c"]),
+        (30, 2, ["d", "e"]),
+    ]
+    assert [(b.start, b.count) for b in split_block(parts[0])] == [(0, 4), (10, 1)]
+    # No unused registers left: cut in the middle.
+    assert [(b.start, b.count) for b in split_block(parts[1])] == [(30, 1), (31, 1)]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import ConfigError, load_config
-from agent.settings import Config, parse_duration
+from agent.settings import Config, ModbusTcpDevice, parse_duration, parse_modbus_address
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -65,3 +65,56 @@ def test_yaml_that_only_the_round_trip_parser_accepts_still_loads(tmp_path: Path
     )
     config = load_config(path)
     assert config.devices[0].points[0].address == "input:0"
+
+
+@pytest.mark.parametrize(
+    ("address", "addressing", "expected"),
+    [
+        ("holding:0", "protocol", ("holding", 0)),
+        ("input:65535", "protocol", ("input", 65535)),
+        ("holding:1", "one_based", ("holding", 0)),
+        ("coil:65536", "one_based", ("coil", 65535)),
+        ("40001", "modicon", ("holding", 0)),
+        ("30100", "modicon", ("input", 99)),
+        ("10001", "modicon", ("discrete", 0)),
+        ("00017", "modicon", ("coil", 16)),
+        ("400001", "modicon", ("holding", 0)),
+        ("465536", "modicon", ("holding", 65535)),
+        (40001, "modicon", ("holding", 0)),
+    ],
+)
+def test_every_address_notation_names_the_same_protocol_address(address, addressing, expected):
+    assert parse_modbus_address(address, addressing) == expected
+
+
+@pytest.mark.parametrize(
+    ("address", "addressing", "message"),
+    [
+        ("holding:65536", "protocol", "beyond the Modbus range"),
+        ("holding:0", "one_based", "count from 1"),
+        ("holding:100", "modicon", "5- or 6-digit reference"),
+        ("40000", "modicon", "count from 1"),
+        ("20001", "modicon", "5- or 6-digit reference"),
+        ("40001", "protocol", "TABLE:ADDRESS"),
+        ("register:1", "protocol", "TABLE:ADDRESS"),
+    ],
+)
+def test_address_mistakes_are_explained(address, addressing, message):
+    with pytest.raises(ValueError, match=message):
+        parse_modbus_address(address, addressing)
+
+
+def test_points_take_the_device_addressing_unless_they_name_their_own():
+    device = ModbusTcpDevice.model_validate(
+        {
+            "name": "plc",
+            "driver": "modbus_tcp",
+            "host": "127.0.0.1",
+            "addressing": "one_based",
+            "points": [
+                {"id": "a", "address": "holding:1", "type": "uint16"},
+                {"id": "b", "address": "holding:1", "type": "uint16", "addressing": "protocol"},
+            ],
+        }
+    )
+    assert [p.protocol_address for p in device.points] == ["holding:0", "holding:1"]

@@ -1,0 +1,289 @@
+"""The Modbus driver against a real pymodbus server: types, orders, writes, splits, pauses."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from typing import Any
+
+import pytest
+
+from agent.model import Quality
+from agent.settings import ModbusPoint, ModbusTcpDevice
+from drivers.base import Unsupported
+from drivers.modbus.client import ModbusDriver
+from drivers.modbus.codec import encode
+from drivers.simulate.modbus import SimulatedModbusServer
+from tests.conftest import modbus_device
+
+ORDERS = ["ABCD", "CDAB", "BADC", "DCBA"]
+# Values whose bytes are all different, negative numbers, extremes and non-finite floats: an
+# order mistake cannot give any of them back.
+VALUES: dict[str, list[Any]] = {
+    "int16": [0x0102, -2, -32768, 32767],
+    "uint16": [0x0102, 0xFFFE],
+    "int32": [0x01020304, -0x01020304, -(2**31), 2**31 - 1],
+    "uint32": [0x01020304, 0xF1F2F3F4],
+    "int64": [0x0102030405060708, -0x0102030405060708, -(2**63), 2**63 - 1],
+    "uint64": [0x0102030405060708, 2**64 - 1],
+    "float32": [1.5, -2.5e-3, 3.4e38, math.inf, -math.inf],
+    "float64": [230.123456789, -1.7e308, math.inf, 5e-324],
+}
+
+
+def device(port: int, points: list[dict[str, Any]], **settings: Any) -> ModbusTcpDevice:
+    return ModbusTcpDevice.model_validate(modbus_device("plc", port, points, **settings))
+
+
+def run(coroutine: Any) -> Any:
+    return asyncio.run(coroutine)
+
+
+@pytest.mark.parametrize("value_type", list(VALUES))
+def test_every_type_in_every_order_is_written_and_read_back_exactly(modbus, value_type):
+    points = [
+        {"id": f"p_{order}", "address": f"holding:{8 * i}", "type": value_type, "order": order}
+        for i, order in enumerate(ORDERS)
+    ]
+    settings = device(modbus.port, points)
+
+    async def scenario() -> None:
+        driver = ModbusDriver(settings)
+        await driver.connect()
+        try:
+            for value in VALUES[value_type]:
+                for point in settings.points:
+                    await driver.write(point, value, verify=True)
+                    # What reached the server is the documented wire layout of that order.
+                    wire = modbus.get_registers("holding", point.register, point.width)
+                    assert wire == encode(value, value_type, point.order)
+                samples = {s.point: s for s in await driver.read(settings.points)}
+                for point in settings.points:
+                    sample = samples[point.id]
+                    if value_type.startswith("float") and not math.isfinite(value):
+                        assert sample.quality is Quality.BAD
+                        assert sample.reason == f"not a number: {value}"
+                        continue
+                    assert sample.quality is Quality.GOOD, sample
+                    expected = value
+                    if value_type == "float32":
+                        expected = float(f"{value:.7g}")
+                        assert sample.value == pytest.approx(expected, rel=1e-7)
+                    else:
+                        assert sample.value == expected
+        finally:
+            await driver.close()
+
+    run(scenario())
+
+
+def test_nan_from_a_device_is_bad_not_a_number(modbus):
+    settings = device(modbus.port, [{"id": "t", "address": "input:0", "type": "float32"}])
+    modbus.set_registers("input", 0, [0x7FC0, 0x0000])
+
+    async def scenario() -> list[Any]:
+        driver = ModbusDriver(settings)
+        await driver.connect()
+        try:
+            return await driver.read(settings.points)
+        finally:
+            await driver.close()
+
+    [sample] = run(scenario())
+    assert sample.quality is Quality.BAD
+    assert sample.reason == "not a number: nan"
+
+
+def test_strings_bits_and_coils(modbus):
+    settings = device(
+        modbus.port,
+        [
+            {"id": "serial", "address": "holding:100", "type": "string", "length": 7},
+            {
+                "id": "model",
+                "address": "holding:110",
+                "type": "string",
+                "length": 4,
+                "byte_swap": True,
+            },
+            {"id": "alarm_0", "address": "holding:120", "type": "bool", "bit": 0},
+            {"id": "alarm_15", "address": "holding:120", "type": "bool", "bit": 15},
+            {"id": "alarm_3", "address": "holding:120", "type": "bool", "bit": 3},
+            {"id": "running", "address": "coil:5"},
+            {"id": "door", "address": "discrete:9"},
+        ],
+    )
+    modbus.set_registers("holding", 110, [0x4D53, 0x3336])  # "SM63" with bytes swapped
+    modbus.set_registers("holding", 120, [0x8001])
+    modbus.set_registers("discrete", 9, [True])
+    points = {p.id: p for p in settings.points}
+
+    async def scenario() -> dict[str, Any]:
+        driver = ModbusDriver(settings)
+        await driver.connect()
+        try:
+            await driver.write(points["serial"], "AB-1234", verify=True)
+            await driver.write(points["running"], True, verify=True)
+            with pytest.raises(Unsupported, match="read-modify-write"):
+                await driver.write(points["alarm_3"], True)
+            with pytest.raises(Unsupported, match="read-only"):
+                await driver.write(points["door"], False)
+            with pytest.raises(ValueError, match="longer than"):
+                await driver.write(points["serial"], "AB-12345")
+            return {s.point: s.value for s in await driver.read(settings.points)}
+        finally:
+            await driver.close()
+
+    values = run(scenario())
+    assert modbus.get_registers("holding", 100, 4) == [0x4142, 0x2D31, 0x3233, 0x3400]
+    assert values == {
+        "serial": "AB-1234",
+        "model": "SM63",
+        "alarm_0": True,
+        "alarm_15": True,
+        "alarm_3": False,
+        "running": True,
+        "door": True,
+    }
+
+
+def test_writes_use_the_points_scale_and_refuse_values_between_steps(modbus):
+    settings = device(
+        modbus.port,
+        [
+            {"id": "setpoint", "address": "holding:0", "type": "int16", "scale": 0.1},
+            {"id": "level", "address": "holding:1", "type": "uint16", "offset": -40},
+        ],
+    )
+    setpoint, level = settings.points
+
+    async def scenario() -> None:
+        driver = ModbusDriver(settings)
+        await driver.connect()
+        try:
+            await driver.write(setpoint, -23.5)
+            await driver.write(level, 60)
+            with pytest.raises(ValueError, match="not a multiple of setpoint's scale 0.1"):
+                await driver.write(setpoint, 23.45)
+        finally:
+            await driver.close()
+
+    run(scenario())
+    assert modbus.get_registers("holding", 0, 2) == [0x10000 - 235, 100]
+
+
+def test_write_functions_multiple_uses_fc_16_for_one_register(modbus):
+    settings = device(
+        modbus.port,
+        [{"id": "x", "address": "holding:3", "type": "uint16"}],
+        write_functions="multiple",
+    )
+
+    async def scenario() -> None:
+        driver = ModbusDriver(settings)
+        await driver.connect()
+        try:
+            await driver.write(settings.points[0], 0xBEEF, verify=True)
+        finally:
+            await driver.close()
+
+    run(scenario())
+    assert modbus.get_registers("holding", 3, 1) == [0xBEEF]
+
+
+def test_a_rejected_block_is_split_the_good_points_read_and_the_split_kept(modbus):
+    # The simulated unit has 2,000 registers per table: a block reaching past them is rejected
+    # with "illegal data address" as a whole, as real devices reject holes in their maps.
+    settings = device(
+        modbus.port,
+        [
+            {"id": "a", "address": "holding:1990", "type": "uint16"},
+            {"id": "b", "address": "holding:1995", "type": "float32"},
+            {"id": "missing", "address": "holding:2004", "type": "uint16"},
+        ],
+    )
+    modbus.set_registers("holding", 1990, [7])
+    modbus.set_value("holding", 1995, 21.5, "float32")
+
+    async def scenario() -> tuple[list[Any], list[Any], int, int]:
+        driver = ModbusDriver(settings)
+        await driver.connect()
+        try:
+            before = driver.health().requests
+            first = await driver.read(settings.points)
+            middle = driver.health().requests
+            second = await driver.read(settings.points)
+            return first, second, middle - before, driver.health().requests - middle
+        finally:
+            await driver.close()
+
+    first, second, first_requests, second_requests = run(scenario())
+    for samples in (first, second):
+        by_point = {s.point: s for s in samples}
+        assert by_point["a"].value == 7
+        assert by_point["b"].value == 21.5
+        assert by_point["missing"].quality is Quality.BAD
+        assert by_point["missing"].reason == "exception 2 (illegal data address)"
+    # First poll: the merged block, then its halves (a+b, missing). Later polls: the halves.
+    assert first_requests == 3
+    assert second_requests == 2
+
+
+def test_pause_keeps_the_line_quiet_between_requests(modbus):
+    points = [{"id": f"r{i}", "address": f"holding:{100 * i}", "type": "uint16"} for i in range(5)]
+    settings = device(modbus.port, points, max_gap=0, pause="50ms")
+
+    async def scenario() -> float:
+        driver = ModbusDriver(settings)
+        await driver.connect()
+        try:
+            started = time.monotonic()
+            await driver.read(settings.points)
+            return time.monotonic() - started
+        finally:
+            await driver.close()
+
+    # Five requests, each after 50 ms of quiet (the connect probe was the one before).
+    assert run(scenario()) >= 5 * 0.05
+
+
+def test_units_behind_one_gateway_share_its_connection():
+    from drivers.modbus.line import ModbusLines
+
+    with SimulatedModbusServer(0, unit_ids=(1, 2)) as server:
+        server.set_registers("holding", 0, [11], unit=1)
+        server.set_registers("holding", 0, [22], unit=2)
+        devices = [
+            ModbusTcpDevice.model_validate(
+                {
+                    **modbus_device(
+                        f"u{unit}",
+                        server.port,
+                        [{"id": f"u{unit}.x", "address": "holding:0", "type": "uint16"}],
+                    ),
+                    "unit_id": unit,
+                }
+            )
+            for unit in (1, 2)
+        ]
+        lines = ModbusLines()
+
+        async def scenario() -> list[Any]:
+            drivers = [ModbusDriver(d, lines.for_device(d)) for d in devices]
+            assert drivers[0].line is drivers[1].line
+            for driver in drivers:
+                await driver.connect()
+            try:
+                results = await asyncio.gather(*(d.read(d.device.points) for d in drivers))
+            finally:
+                lines.close()
+            return [sample.value for samples in results for sample in samples]
+
+        assert run(scenario()) == [11, 22]
+
+
+def test_point_model_is_what_the_driver_reads():
+    # Guards the test helpers above: a ModbusPoint with a bit keeps it.
+    point = ModbusPoint(id="x", address="holding:1", type="bool", bit=4)
+    assert point.protocol_address == "holding:1.4"
