@@ -225,6 +225,11 @@ def parse_modbus_address(
     """(table, 0-based protocol address) of an address written in the given notation."""
     text = str(value).strip()
     if addressing == "modicon":
+        if text.isdigit() and len(text) < 5:
+            raise ValueError(
+                f"{text} is too short for a Modicon reference; coil references start with 0, "
+                "so write them in quotes (address: \"00001\"), or YAML reads them as numbers"
+            )
         if not text.isdigit() or len(text) not in (5, 6) or text[0] not in _MODICON_TABLE:
             raise ValueError(
                 "with addressing: modicon an address is a 5- or 6-digit reference whose first "
