@@ -2,6 +2,10 @@
 
 `load_config(path)` returns a typed `Config` or raises `ConfigError` holding all problems found,
 each printed as `FILE:LINE:COL: field.path: message`. Nothing here touches the network.
+
+Devices may name a profile (`profile: eastron-sdm630`, or a path to a profile file) and the
+`quantities` to read from it; the profile's quantities become ordinary points, with ids
+`<device name>.<quantity>`, before the configuration is validated (see config/profiles/README.md).
 """
 
 from __future__ import annotations
@@ -22,9 +26,22 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.constructor import DuplicateKeyError
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
-from agent.settings import REGISTER_COUNT, Config, FieldError, parse_modbus_address
+from agent.settings import REGISTER_COUNT, Config, FieldError, Profile, parse_modbus_address
 
-__all__ = ["ConfigError", "ConfigProblem", "load_config", "load_yaml"]
+__all__ = [
+    "PROFILES_DIR",
+    "ConfigError",
+    "ConfigProblem",
+    "UnknownProfile",
+    "load_config",
+    "load_profile",
+    "load_yaml",
+    "profile_names",
+    "profile_path",
+]
+
+# The shipped profiles: data files in the repository's config/profiles.
+PROFILES_DIR = Path(__file__).resolve().parent.parent / "config" / "profiles"
 
 Loc = tuple[str | int, ...]
 
@@ -165,14 +182,26 @@ def _load_config(path: Path) -> Config:
         raise ConfigError([ConfigProblem(str(path), 1, 1, "(file)", message)])
     _check_depth(document, text, str(path))
     locator = _Locator(str(path), text)
-    problems = _cross_check(document, locator, path.parent)
+    expander = _ProfileExpander(locator, path.parent)
+    expander.expand(document)
+    problems = expander.problems
+    unexpanded = expander.unexpanded
+    problems.extend(_cross_check(document, locator, path.parent))
     config = None
     try:
         config = Config.model_validate(document)
     except ValidationError as exc:
-        problems.extend(_problems_from_pydantic(exc, locator))
+        problems.extend(
+            problem
+            for problem in _problems_from_pydantic(exc, locator)
+            # A device whose profile could not be used has no points: that is not news.
+            if problem.field not in {f"devices[{d}].points" for d in unexpanded}
+        )
     if problems or config is None:
-        raise ConfigError(sorted(problems, key=_position))
+        # The configuration file's problems first, then those of each profile file.
+        raise ConfigError(
+            sorted(problems, key=lambda p: (p.file != locator.file, p.file, _position(p)))
+        )
     return _resolve_paths(config, path.parent)
 
 
@@ -233,6 +262,9 @@ class _Locator:
         self.file = file
         self.text = text
         self._document: CommentedMap | None = None
+        # Points that a profile added, ("devices", d, "points", p), and the place in the file
+        # that asked for them: the `quantities` item, or `profile` when it took them all.
+        self.expanded: dict[Loc, Loc] = {}
 
     @property
     def document(self) -> CommentedMap:
@@ -242,6 +274,7 @@ class _Locator:
         return self._document
 
     def problem(self, loc: Loc, message: str, *, at_key: bool = False) -> ConfigProblem:
+        loc = self.expanded.get(loc[:4], loc)
         line, column = self.position(loc, at_key=at_key)
         return ConfigProblem(self.file, line, column, _dotted(loc) or "(root)", message)
 
@@ -304,7 +337,9 @@ _SHOW_INPUT = {
 }
 
 
-def _problems_from_pydantic(exc: ValidationError, locator: _Locator) -> list[ConfigProblem]:
+def _problems_from_pydantic(
+    exc: ValidationError, locator: _Locator, root: type[BaseModel] = Config
+) -> list[ConfigProblem]:
     errors = exc.errors(include_url=False)
     unknown_keys = {
         _data_loc(error["loc"], locator.document)
@@ -319,7 +354,7 @@ def _problems_from_pydantic(exc: ValidationError, locator: _Locator) -> list[Con
         if kind == "extra_forbidden":
             key = str(loc[-1])
             problems.append(
-                locator.problem(loc, _unknown_field(key, loc, locator.document), at_key=True)
+                locator.problem(loc, _unknown_field(key, loc, locator.document, root), at_key=True)
             )
         elif kind == "missing":
             if _misspelt(loc, unknown_keys):
@@ -345,7 +380,7 @@ def _problems_from_pydantic(exc: ValidationError, locator: _Locator) -> list[Con
         else:
             error_object = context.get("error")
             if isinstance(error_object, FieldError):
-                loc = (*loc, error_object.field)
+                loc = (*loc, *error_object.path)
             message = error["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
             value = error.get("input")
             if kind in _SHOW_INPUT and not isinstance(value, dict | list):
@@ -364,6 +399,8 @@ def _data_loc(loc: Loc, document: CommentedMap) -> Loc:
     kept: list[str | int] = []
     node: Any = document
     for step in loc:
+        if step == "[key]":
+            continue  # a mapping key that failed validation: its position is the key's own
         if isinstance(node, dict) and isinstance(step, str) and step not in node:
             if node.get("driver") == step:
                 continue
@@ -380,8 +417,8 @@ def _data_loc(loc: Loc, document: CommentedMap) -> Loc:
     return tuple(kept)
 
 
-def _unknown_field(key: str, loc: Loc, document: CommentedMap) -> str:
-    allowed = _allowed_fields(loc[:-1], document)
+def _unknown_field(key: str, loc: Loc, document: CommentedMap, root: type[BaseModel]) -> str:
+    allowed = _allowed_fields(loc[:-1], document, root)
     message = f"unknown field '{key}'"
     if allowed:
         close = difflib.get_close_matches(key, allowed, n=1)
@@ -391,13 +428,16 @@ def _unknown_field(key: str, loc: Loc, document: CommentedMap) -> str:
     return message
 
 
-def _allowed_fields(loc: Loc, document: CommentedMap) -> list[str]:
+def _allowed_fields(loc: Loc, document: CommentedMap, root: type[BaseModel]) -> list[str]:
     """The field names of the model found at `loc`, for 'did you mean' hints."""
-    annotation: Any = Config
+    annotation: Any = root
     node: Any = document
     for step in loc:
         annotation = _pick_member(_unwrap(annotation), node)
-        if isinstance(step, int):
+        if typing.get_origin(annotation) is dict and isinstance(step, str):
+            annotation = typing.get_args(annotation)[1]  # a mapping of names to models
+            node = node.get(step) if isinstance(node, dict) else None
+        elif isinstance(step, int):
             args = typing.get_args(annotation)
             annotation = args[0] if args else None
             node = node[step] if isinstance(node, list) and step < len(node) else None
@@ -481,7 +521,8 @@ def _cross_check(document: dict[str, Any], locator: _Locator, base: Path) -> lis
                         )
                     )
                 point_owner.setdefault(point_id, (*point_loc, "id"))
-            span = _register_span(point, device.get("addressing", "protocol"))
+            notation = point.get("addressing", device.get("addressing", "protocol"))
+            span = _register_span(point, notation)
             if span is None:
                 continue
             table, start, end = span
@@ -494,8 +535,8 @@ def _cross_check(document: dict[str, Any], locator: _Locator, base: Path) -> lis
                     problems.append(
                         locator.problem(
                             (*point_loc, "address"),
-                            f"{_span(table, start, end)} overlaps point '{other_id}' "
-                            f"at {_span(table, other_start, other_end)}",
+                            f"{_span(table, start, end, notation)} overlaps point '{other_id}' "
+                            f"at {_span(table, other_start, other_end, notation)}",
                         )
                     )
                     break
@@ -523,6 +564,9 @@ def _cross_check(document: dict[str, Any], locator: _Locator, base: Path) -> lis
 
 
 def _where(loc: Loc, locator: _Locator) -> str:
+    shown = locator.expanded.get(loc[:4])
+    if shown is not None:  # a point from a profile: name the quantity that asked for it
+        return f"{_dotted(shown)} (line {locator.position(shown)[0]})"
     line, _ = locator.position(loc)
     return f"{_dotted(loc[:-1])} (line {line})"
 
@@ -546,5 +590,226 @@ def _register_span(point: dict[str, Any], addressing: Any) -> tuple[str, int, in
     return table, start, start + width - 1
 
 
-def _span(table: str, start: int, end: int) -> str:
-    return f"{table}:{start}" if start == end else f"{table}:{start}-{end}"
+def _span(table: str, start: int, end: int, notation: str) -> str:
+    """Registers written the way the user wrote the address."""
+    if notation == "modicon":
+        digit = {"coil": "0", "discrete": "1", "input": "3", "holding": "4"}[table]
+        first, last = f"{digit}{start + 1:04d}", f"{digit}{end + 1:04d}"
+        return first if start == end else f"{first}-{last}"
+    shift = 1 if notation == "one_based" else 0
+    first_text = f"{table}:{start + shift}"
+    return first_text if start == end else f"{first_text}-{end + shift}"
+
+
+# -- device profiles ----------------------------------------------------------------------------
+
+
+class UnknownProfile(ValueError):
+    """A `profile:` value that names no shipped profile and no existing profile file."""
+
+
+def profile_names(directory: Path = PROFILES_DIR) -> list[str]:
+    """The names of the profiles shipped in `directory`, sorted."""
+    return sorted(path.stem for path in directory.glob("*.yaml"))
+
+
+def _is_path(reference: str) -> bool:
+    return "/" in reference or os.sep in reference or reference.endswith((".yaml", ".yml"))
+
+
+def profile_path(reference: str, base: Path) -> Path:
+    """The file a `profile:` value refers to: a shipped profile's name, or a path to a profile
+    file (relative paths are relative to `base`, the configuration file's directory).
+
+    Raises `UnknownProfile` with a message for the user when there is no such profile.
+    """
+    if "\0" in reference:
+        raise UnknownProfile("a profile name or path cannot contain a NUL character")
+    if _is_path(reference):
+        path = base / Path(reference).expanduser()
+        if not path.is_file():
+            shown = repr(reference)
+            if str(_resolve(base, Path(reference))) != reference:
+                shown += f" ({_resolve(base, Path(reference))})"
+            raise UnknownProfile(f"profile file {shown} does not exist")
+        return path
+    names = profile_names()
+    if reference in names:
+        return PROFILES_DIR / f"{reference}.yaml"
+    message = f"unknown profile '{reference}'"
+    close = difflib.get_close_matches(reference.lower(), names, n=1, cutoff=0.5)
+    if close:
+        message += f"; did you mean '{close[0]}'?"
+    shipped = ", ".join(names) or "none"
+    raise UnknownProfile(
+        f"{message} (shipped: {shipped}; or give the path of your own profile file, "
+        "e.g. ./profiles/my-meter.yaml)"
+    )
+
+
+def load_profile(reference: str | Path, base: Path = Path()) -> Profile:
+    """Read and validate a profile given by name (`eastron-sdm630`) or path.
+
+    Raises `UnknownProfile` when there is no such profile, and `ConfigError` with every problem
+    of a broken profile file, each naming that file, line and column.
+    """
+    if isinstance(reference, Path):
+        reference = str(reference)
+    return _read_profile(profile_path(reference, base))
+
+
+def _read_profile(path: Path) -> Profile:
+    file = str(path)
+    try:
+        text = _read_text(path)
+        document = _parse_fast(text, file)
+        if not isinstance(document, dict):
+            message = "a profile must be a mapping with description, device and quantities"
+            raise ConfigError([ConfigProblem(file, 1, 1, "(file)", message)])
+        _check_depth(document, text, file)
+    except RecursionError:
+        message = "the file nests lists or mappings too deeply to be a profile"
+        raise ConfigError([ConfigProblem(file, 1, 1, "(yaml)", message)]) from None
+    locator = _Locator(file, text)
+    try:
+        return Profile.model_validate(document)
+    except ValidationError as exc:
+        problems = _problems_from_pydantic(exc, locator, Profile)
+        raise ConfigError(sorted(problems, key=_position)) from None
+
+
+class _ProfileExpander:
+    """Turns each device's `profile` + `quantities` into points, in the document itself.
+
+    Each profile file is read once per configuration, however many devices use it, so its
+    problems are reported once too.
+    """
+
+    def __init__(self, locator: _Locator, base: Path) -> None:
+        self.locator = locator
+        self.base = base
+        self.problems: list[ConfigProblem] = []
+        # Devices without their profile's points: their "no points" error is a consequence.
+        self.unexpanded: set[int] = set()
+        self._loaded: dict[Path, Profile | None] = {}
+
+    def expand(self, document: dict[str, Any]) -> None:
+        """Expand every device of the document that names a profile."""
+        devices = document.get("devices")
+        if not isinstance(devices, list):
+            return
+        for d, device in enumerate(devices):
+            if isinstance(device, dict):
+                devices[d] = self._device(d, device)
+
+    def _profile(self, reference: str) -> Profile | None:
+        path = profile_path(reference, self.base)
+        key = _resolve(Path(), path)
+        if key not in self._loaded:
+            try:
+                self._loaded[key] = _read_profile(path)
+            except ConfigError as exc:
+                self.problems.extend(exc.problems)
+                self._loaded[key] = None
+        return self._loaded[key]
+
+    def _device(self, d: int, device: dict[str, Any]) -> dict[str, Any]:
+        reference = device.get("profile")
+        if reference is None:
+            if device.get("quantities") is not None:
+                self._problem(
+                    (d, "quantities"),
+                    "quantities are read from a profile: add profile: NAME "
+                    f"(shipped: {', '.join(profile_names()) or 'none'})",
+                )
+            return device
+        self.unexpanded.add(d)  # until it is done
+        if not isinstance(reference, str):
+            return device  # the schema reports the wrong type
+        try:
+            profile = self._profile(reference)
+        except UnknownProfile as exc:
+            self._problem((d, "profile"), str(exc))
+            return device
+        name, own = device.get("name"), device.get("points", [])
+        chosen = self._chosen(d, device.get("quantities"), reference, profile)
+        if profile is None or chosen is None or not isinstance(name, str):
+            return device  # the schema reports a missing name
+        if not isinstance(own, list):
+            self.unexpanded.discard(d)  # points that are not a list are the problem
+            return device
+        points = list(own)
+        for loc, quantity in chosen:
+            self.locator.expanded[("devices", d, "points", len(points))] = loc
+            points.append(_point(name, quantity, profile))
+        if len(chosen) == len(device.get("quantities") or chosen):
+            self.unexpanded.discard(d)
+        expanded = {**device, "points": points}
+        # A profile's limits are the meter's: the device's own setting applies only if lower.
+        for field, limit in profile.device.model_dump(exclude_none=True).items():
+            own_value = device.get(field)
+            if own_value is None or (
+                isinstance(own_value, int) and not isinstance(own_value, bool) and own_value > limit
+            ):
+                expanded[field] = limit
+        return expanded
+
+    def _chosen(
+        self, d: int, quantities: Any, reference: str, profile: Profile | None
+    ) -> list[tuple[Loc, str]] | None:
+        """(where it was asked for, quantity) for each known quantity the device asks for, or
+        None when the list is unusable. Without `quantities` the device reads them all."""
+        if profile is None:
+            return None
+        available = list(profile.quantities)
+        if quantities is None:
+            return [(("devices", d, "profile"), quantity) for quantity in available]
+        if not isinstance(quantities, list):
+            return None  # the schema reports the wrong type
+        if not quantities:
+            self._problem(
+                (d, "quantities"),
+                f"lists no quantity: leave quantities out to read all {len(available)} "
+                f"quantities of profile {reference}, or name the ones to read",
+            )
+            return None
+        chosen: list[tuple[Loc, str]] = []
+        seen: set[str] = set()
+        for q, quantity in enumerate(quantities):
+            if not isinstance(quantity, str):
+                continue  # the schema reports the wrong type
+            if quantity in seen:
+                self._problem((d, "quantities", q), f"quantity '{quantity}' is listed twice")
+            elif quantity not in profile.quantities:
+                message = f"unknown quantity '{quantity}' in profile {reference}"
+                close = difflib.get_close_matches(quantity, available, n=1)
+                if close:
+                    message += f"; did you mean '{close[0]}'?"
+                message += f" (available: {', '.join(available)})"
+                self._problem((d, "quantities", q), message)
+            else:
+                chosen.append((("devices", d, "quantities", q), quantity))
+            seen.add(quantity)
+        return chosen
+
+    def _problem(self, loc: Loc, message: str) -> None:
+        self.problems.append(self.locator.problem(("devices", *loc), message))
+
+
+def _point(device_name: str, quantity: str, profile: Profile) -> dict[str, Any]:
+    """The point, as it would be written in the configuration, that reads one quantity."""
+    spec = profile.quantities[quantity]
+    point: dict[str, Any] = {
+        "id": f"{device_name}.{quantity}",
+        "address": spec.address,
+        "type": spec.type,
+        "order": spec.order,
+        "scale": spec.scale,
+        # Profiles always give protocol addresses, whatever the device's own points use.
+        "addressing": "protocol",
+    }
+    if spec.unit is not None:
+        point["unit"] = spec.unit
+    if spec.description is not None:
+        point["description"] = spec.description
+    return point

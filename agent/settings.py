@@ -38,11 +38,12 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
 class FieldError(ValueError):
-    """A check across fields that is really about one of them: the error points at `field`."""
+    """A check across fields that is really about one of them: the error points at `field`
+    (a name, or a path such as `("devices", 2, "baudrate")` below the model that raises it)."""
 
-    def __init__(self, field: str, message: str) -> None:
+    def __init__(self, field: str | tuple[str | int, ...], message: str) -> None:
         super().__init__(message)
-        self.field = field
+        self.path = (field,) if isinstance(field, str) else field
 
 
 def parse_duration(value: object) -> float:
@@ -506,6 +507,23 @@ class Config(_Strict):
                 for device in data["devices"]
             ],
         )
+
+    @model_validator(mode="after")
+    def _serial_settings_agree(self) -> Config:
+        first_on_port: dict[str, ModbusRtuDevice] = {}
+        for index, device in enumerate(self.devices):
+            if not isinstance(device, ModbusRtuDevice):
+                continue
+            first = first_on_port.setdefault(str(device.serial_port), device)
+            for setting in ("baudrate", "parity", "stopbits", "bytesize"):
+                if getattr(device, setting) != getattr(first, setting):
+                    raise FieldError(
+                        ("devices", index, setting),
+                        f"{device.serial_port} is shared with device {first.name}, whose "
+                        f"{setting} is {getattr(first, setting)}: devices on one serial port "
+                        "must use the same serial settings",
+                    )
+        return self
 
     @property
     def client_id(self) -> str:
