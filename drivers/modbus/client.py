@@ -7,7 +7,6 @@ answering is told apart from a dead line: other units on the same line keep thei
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -92,13 +91,14 @@ class ModbusDriver:
         self.device = device
         # Without a shared line (tests, `shopfloor read`) the driver has a line of its own.
         self._owns_line = line is None
-        self.line = line if line is not None else ModbusLine(device)
+        if line is None:
+            line = ModbusLine(device)
+            line.units = 1
+        self.line = line
         self._health = Health(since_ms=now_ms())
         self._plans: dict[int, tuple[Sequence[ModbusPoint], list[ReadBlock]]] = {}
         self._layouts: dict[int, Layout] = {}
         self._silent_polls = 0
-        self._silent_since = 0.0
-        self._unit_silent = False
 
     @property
     def endpoint(self) -> str:
@@ -121,9 +121,8 @@ class ModbusDriver:
         if probe:
             result = await self._read_block(probe[0])
             if result.error == _TIMEOUT:
-                await self._silent(asyncio.get_running_loop().time())
+                await self._silent()
         self._silent_polls = 0
-        self._unit_silent = False
         self._set_state(LinkState.CONNECTED)
 
     async def close(self) -> None:
@@ -176,8 +175,6 @@ class ModbusDriver:
         plan = self.plan(points)
         results: list[BlockResult] = []
         answered = False
-        loop = asyncio.get_running_loop()
-        started = loop.time()
         refined: list[tuple[ReadBlock, list[ReadBlock]]] = []
         for block in plan:
             if results and results[-1].error == _TIMEOUT and not answered:
@@ -201,11 +198,9 @@ class ModbusDriver:
             self._silent_polls = 0
             self._health.last_good_read_ms = results[-1].ts
         elif results:
-            if self._silent_polls == 0:
-                self._silent_since = started
             self._silent_polls += 1
             if self._silent_polls >= _SILENT_POLLS:
-                await self._silent(self._silent_since)
+                await self._silent()
         return results
 
     async def _read_split(self, block: ReadBlock) -> list[BlockResult]:
@@ -402,13 +397,14 @@ class ModbusDriver:
         """Link state and counters."""
         return self._health
 
-    async def _silent(self, since: float) -> NoReturn:
-        """The unit has not answered since `since`: decide whether the whole line is dead."""
+    async def _silent(self) -> NoReturn:
+        """The unit does not answer: the device task backs off; a dead line is reopened."""
         self._silent_polls = 0
-        self._unit_silent = True
-        if self.line.last_answer < since:
+        if self.line.dead:
             await self._lost(f"no answer from {self.endpoint}")
-        reason = f"unit {self.device.unit_id} does not answer (other units on the line do)"
+        reason = f"unit {self.device.unit_id} does not answer"
+        if self.line.units > 1:
+            reason += " (other units on the line do)"
         self._set_state(LinkState.DISCONNECTED, reason)
         raise NotConnected(reason)
 

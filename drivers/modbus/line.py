@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.exceptions import ModbusIOException
 from pymodbus.framer import FramerType
 
 from agent.settings import ModbusDevice, ModbusRtuDevice, ModbusRtuOverTcpDevice
@@ -45,10 +46,16 @@ class ModbusLine:
         self._request_lock = asyncio.Lock()
         self._connect_lock = asyncio.Lock()
         self._last_request_end = 0.0
-        # Loop time of the last answer from any unit (an exception response counts): lets a
+        # Requests in a row that nobody answered (an exception response is an answer): lets a
         # device tell "my unit is silent" from "the line is dead".
-        self.last_answer = 0.0
+        self.silent_requests = 0
+        self.units = 0
         self.requests = 0
+
+    @property
+    def dead(self) -> bool:
+        """Whether the line looks dead: every unit on it left three requests in a row unanswered."""
+        return self.silent_requests >= 3 * max(1, self.units)
 
     @property
     def connected(self) -> bool:
@@ -82,6 +89,7 @@ class ModbusLine:
                 client.close()
                 raise NotConnected(f"cannot open {self.describe()}")
             self._client = client
+            self.silent_requests = 0
 
     def close(self) -> None:
         """Close the link; the devices on it reconnect through `connect()`."""
@@ -132,9 +140,12 @@ class ModbusLine:
             self.requests += 1
             try:
                 response: Any = await call(client)
+            except (TimeoutError, ModbusIOException):
+                self.silent_requests += 1
+                raise
             finally:
                 self._last_request_end = loop.time()
-            self.last_answer = self._last_request_end
+            self.silent_requests = 0
             return response  # type: ignore[no-any-return]
 
     def _new_client(self) -> Client:
@@ -171,6 +182,7 @@ class ModbusLines:
             line = self._lines[device.line] = ModbusLine(device)
         else:
             line.check_compatible(device)
+        line.units += 1
         return line
 
     def close(self) -> None:
