@@ -41,6 +41,7 @@ test: install lint typecheck
 
 bench: install
 	$(BIN)/python -m bench.modbus_500 --check --duration 60
+	$(BIN)/python -m bench.modbus_planner --check --duration 60
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -97,17 +97,135 @@ def _parser() -> argparse.ArgumentParser:
     )
     read.add_argument("config", type=Path, help="the agent's YAML configuration")
     read.add_argument("points", nargs="+", metavar="POINT", help="point ids from the config")
+    read.add_argument(
+        "--all-orders",
+        action="store_true",
+        help="decode each register point in all four orders (ABCD CDAB BADC DCBA) side by "
+        "side, the configured one marked *, to compare with the device's display",
+    )
     read.set_defaults(handler=_read)
+
+    scan = command(
+        "scan",
+        "Find which Modbus unit ids answer on a line and which addresses of each table they "
+        "let be read, and optionally write a starter configuration. Only reads, never writes.",
+        "shopfloor scan 10.0.0.21 --write-config new.yaml",
+    )
+    scan.epilog = (
+        "Examples:\n"
+        "  shopfloor scan 10.0.0.21                      units 1-10 and 255 over Modbus TCP\n"
+        "  shopfloor scan 10.0.0.30:4001 --rtu-over-tcp  a serial-to-Ethernet converter\n"
+        "  shopfloor scan --serial /dev/ttyUSB0 --baudrate 19200 --parity even --units 1-32\n"
+        "  shopfloor scan 10.0.0.21 --units 1 --write-config new.yaml\n"
+        "Ctrl-C stops the scan and prints what it found so far."
+    )
+    scan.add_argument(
+        "target", nargs="?", metavar="HOST[:PORT]", help="Modbus TCP device or gateway (port 502)"
+    )
+    scan.add_argument(
+        "--rtu-over-tcp", action="store_true", help="HOST forwards RTU frames (a converter)"
+    )
+    scan.add_argument("--serial", metavar="PORT", help="scan a serial line, e.g. /dev/ttyUSB0")
+    scan.add_argument("--baudrate", type=int, default=9600, help="serial speed (default 9600)")
+    scan.add_argument(
+        "--parity", choices=["none", "even", "odd"], default="none", help="(default none)"
+    )
+    scan.add_argument("--stopbits", type=int, choices=[1, 2], default=1, help="(default 1)")
+    scan.add_argument(
+        "--units",
+        metavar="LIST",
+        help="unit ids to try, e.g. 1-10,255 (default: 1-10,255 over TCP, where devices "
+        "answer on 1 or 255 and gateways number theirs from 1; 1-247 on a serial line or "
+        "behind --rtu-over-tcp, where any address may be set)",
+    )
+    scan.add_argument(
+        "--timeout",
+        type=float,
+        default=0.5,
+        metavar="SECONDS",
+        help="wait this long for each answer (default 0.5), plus the transmission time on "
+        "--serial; every absent unit costs it once",
+    )
+    scan.add_argument(
+        "--max-address",
+        type=int,
+        default=9999,
+        metavar="N",
+        help="highest 0-based address probed in each table (default 9999)",
+    )
+    scan.add_argument(
+        "--resolution",
+        type=int,
+        default=32,
+        metavar="N",
+        help="refused blocks are halved down to N registers (16N bits); smaller runs inside "
+        "unreadable space can be missed; --resolution 1 with a small --max-address finds every "
+        "register (default 32)",
+    )
+    scan.add_argument(
+        "--max-requests",
+        type=int,
+        default=2000,
+        metavar="N",
+        help="at most N requests per unit for its tables (default 2000)",
+    )
+    scan.add_argument(
+        "--write-config",
+        type=Path,
+        metavar="FILE",
+        help="write a starter configuration (one device per unit, uint16 placeholder points); "
+        "an existing file is never overwritten",
+    )
+    scan.set_defaults(handler=_scan)
 
     simulate = command(
         "simulate",
-        "Serve a simulated device (press-line PLC or power meter) over Modbus TCP.",
+        "Serve a simulated device (press-line PLC or power meter) over Modbus TCP, RTU over "
+        "TCP or RTU on a serial port.",
         "shopfloor simulate modbus --device meter --port 5021",
+    )
+    simulate.epilog = (
+        "Examples:\n"
+        "  shopfloor simulate modbus --device meter --port 5021\n"
+        "  shopfloor simulate modbus --transport rtu-tcp --port 5022 --units 1,2,3\n"
+        "  socat pty,raw,echo=0,link=/tmp/sim pty,raw,echo=0,link=/tmp/agent &\n"
+        "  shopfloor simulate modbus --transport rtu --serial /tmp/sim --baudrate 19200\n"
+        "    (the agent then reads serial_port: /tmp/agent, baudrate: 19200)"
     )
     simulate.add_argument("protocol", choices=["modbus"], help="the protocol to serve")
     simulate.add_argument("--device", choices=["press-line", "meter"], default="press-line")
+    simulate.add_argument(
+        "--transport",
+        choices=["tcp", "rtu-tcp", "rtu"],
+        default="tcp",
+        help="tcp: Modbus TCP on --host:--port; rtu-tcp: RTU frames over TCP on --host:--port, "
+        "as a serial-to-Ethernet converter forwards them; rtu: RTU on the serial device "
+        "--serial (default tcp), e.g. --transport rtu-tcp",
+    )
     simulate.add_argument("--host", default="127.0.0.1", help="address to listen on")
     simulate.add_argument("--port", type=int, default=5020, help="TCP port (default 5020)")
+    simulate.add_argument(
+        "--serial",
+        metavar="PATH",
+        help="serial device for --transport rtu, e.g. --serial /dev/ttyUSB0, or one end of a "
+        "socat pseudo-terminal pair (see the examples)",
+    )
+    simulate.add_argument(
+        "--baudrate",
+        type=int,
+        default=9600,
+        help="serial speed for --transport rtu, 8 data bits, no parity, 1 stop bit "
+        "(default 9600), e.g. --baudrate 19200",
+    )
+    simulate.add_argument(
+        "--units",
+        type=_unit_ids,
+        default=[1],
+        metavar="1,2,3",
+        help="unit ids (slave addresses) the device answers as, each with its own registers "
+        "following the same model; requests for other units get no answer, like an absent "
+        "device (default 1), e.g. --units 1,2,3",
+    )
     simulate.set_defaults(handler=_simulate)
 
     demo = command(
@@ -199,7 +317,37 @@ def _read(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     from agent.readout import read_points
 
-    return asyncio.run(read_points(config, args.points))
+    return asyncio.run(read_points(config, args.points, all_orders=args.all_orders))
+
+
+def _scan(args: argparse.Namespace) -> int:
+    from agent.scan import scan_command
+
+    return scan_command(
+        target=args.target,
+        serial_port=args.serial,
+        rtu_over_tcp=args.rtu_over_tcp,
+        baudrate=args.baudrate,
+        parity=args.parity,
+        stopbits=args.stopbits,
+        units=args.units,
+        timeout=args.timeout,
+        max_address=args.max_address,
+        resolution=args.resolution,
+        max_requests=args.max_requests,
+        write_config=args.write_config,
+    )
+
+
+def _unit_ids(text: str) -> list[int]:
+    """`--units 1,2,3` as a list of ids (argparse shows the error with the usage)."""
+    try:
+        units = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list like 1,2,3") from None
+    if len(set(units)) != len(units):
+        raise argparse.ArgumentTypeError(f"{text!r} names a unit twice")
+    return units
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -207,14 +355,32 @@ def _simulate(args: argparse.Namespace) -> int:
 
     from drivers.simulate.modbus import METER_MAP, PRESS_LINE_MAP, build_simulator
 
-    server = build_simulator(args.device, args.port, args.host)
+    if args.transport == "rtu" and not args.serial:
+        print("--transport rtu needs --serial PATH, e.g. --serial /dev/ttyUSB0", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        server = build_simulator(
+            args.device,
+            args.port,
+            args.host,
+            transport=args.transport.replace("-", "_"),
+            serial_port=args.serial,
+            baudrate=args.baudrate,
+            unit_ids=args.units,
+        )
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
     try:
         server.start()
     except OSError as exc:
-        print(f"Cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        print(exc, file=sys.stderr)
         return EXIT_FAILED
     register_map = PRESS_LINE_MAP if args.device == "press-line" else METER_MAP
-    print(f"Simulated {args.device} serving Modbus TCP on {args.host}:{args.port}, unit 1.")
+    units = ("unit " if len(server.unit_ids) == 1 else "units ") + ", ".join(
+        map(str, server.unit_ids)
+    )
+    print(f"Simulated {args.device} serving {server.describe()}, {units}.")
     for name, table, address, value_type, order, unit in register_map:
         print(f"  {table + ':' + str(address):<14} {value_type:<8} {order}  {name} ({unit})")
     print("Ctrl-C stops it.")

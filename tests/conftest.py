@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from drivers.simulate.broker import LocalBroker, free_port
-from drivers.simulate.modbus import SimulatedModbusServer
+from drivers.simulate.modbus import SimulatedModbusServer, Transport
+from drivers.simulate.serial_line import PtyPair
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -204,6 +206,63 @@ def persistent_broker() -> Iterator[LocalBroker]:
 def modbus() -> Iterator[SimulatedModbusServer]:
     with SimulatedModbusServer(free_port()) as server:
         yield server
+
+
+@pytest.fixture
+def serial_pair(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """Two linked pseudo-terminals from socat: (server end, client end), as paths to open.
+
+    A simulated RTU device listens on the server end, the client opens the other; socat stops
+    after the test.
+    """
+    if shutil.which("socat") is None:
+        pytest.skip("socat is not installed")
+    with PtyPair(tmp_path / "pty") as line:
+        yield line.server_end, line.client_end
+
+
+@pytest.fixture
+def rtu_simulator(
+    serial_pair: tuple[str, str],
+) -> Iterator[Callable[..., SimulatedModbusServer]]:
+    """Factory: `rtu_simulator(units=(1, 2, 3))` starts a Modbus RTU device answering as those
+    units on the server end of `serial_pair` (other `SimulatedModbusServer` options pass
+    through). Open `serial_pair[1]` to talk to it; it is stopped after the test, before socat.
+    """
+    made: list[SimulatedModbusServer] = []
+
+    def make(units: Sequence[int] = (1,), **options: Any) -> SimulatedModbusServer:
+        server = SimulatedModbusServer(
+            transport="rtu", serial_port=serial_pair[0], unit_ids=units, **options
+        )
+        made.append(server)
+        server.start()
+        return server
+
+    yield make
+    for server in made:
+        server.stop()
+
+
+@pytest.fixture
+def simulator_factory() -> Iterator[Callable[..., SimulatedModbusServer]]:
+    """Factory: `simulator_factory("rtu_tcp", units=(1, 2))` starts a simulated device on a free
+    TCP port of 127.0.0.1 (`server.port`), serving Modbus TCP ("tcp") or RTU frames over TCP
+    ("rtu_tcp"). Every device it started is stopped after the test.
+    """
+    made: list[SimulatedModbusServer] = []
+
+    def make(
+        transport: Transport = "tcp", units: Sequence[int] = (1,), **options: Any
+    ) -> SimulatedModbusServer:
+        server = SimulatedModbusServer(free_port(), transport=transport, unit_ids=units, **options)
+        made.append(server)
+        server.start()
+        return server
+
+    yield make
+    for server in made:
+        server.stop()
 
 
 @pytest.fixture

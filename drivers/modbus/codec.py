@@ -21,6 +21,7 @@ from agent.settings import ModbusType, WordOrder
 
 __all__ = [
     "Decoder",
+    "byte_permutation",
     "decode",
     "decode_string",
     "decoder_for",
@@ -46,7 +47,7 @@ _FORMAT: dict[str, str] = {
 _FLOATS = ("float32", "float64")
 
 
-def _permutation(width: int, order: WordOrder) -> tuple[int, ...]:
+def byte_permutation(width: int, order: WordOrder) -> tuple[int, ...]:
     """For each byte of the big-endian value, the index of the wire byte that holds it."""
     words = width // 2
     word_sequence = range(words - 1, -1, -1) if order in ("CDAB", "DCBA") else range(words)
@@ -60,7 +61,7 @@ def _permutation(width: int, order: WordOrder) -> tuple[int, ...]:
 
 def reorder(wire: bytes, order: WordOrder) -> bytes:
     """The wire bytes of one value rearranged into big-endian order."""
-    return bytes(wire[index] for index in _permutation(len(wire), order))
+    return bytes(wire[index] for index in byte_permutation(len(wire), order))
 
 
 def registers_to_bytes(registers: Sequence[int]) -> bytes:
@@ -74,7 +75,7 @@ def decoder_for(value_type: ModbusType, order: WordOrder) -> Decoder:
         raise ValueError(f"{value_type} values are not decoded as numbers")
     unpack = struct.Struct(_FORMAT[value_type]).unpack_from
     width = struct.calcsize(_FORMAT[value_type])
-    permutation = _permutation(width, order)
+    permutation = byte_permutation(width, order)
     if permutation == tuple(range(width)):
         return lambda data, at: unpack(data, at)[0]
 
@@ -132,6 +133,6 @@ def encode(value: float, value_type: ModbusType, order: WordOrder) -> list[int]:
             raise ValueError(f"{value} is out of range for {value_type}") from None
     width = len(big_endian)
     wire = bytearray(width)
-    for value_index, wire_index in enumerate(_permutation(width, order)):
+    for value_index, wire_index in enumerate(byte_permutation(width, order)):
         wire[wire_index] = big_endian[value_index]
     return list(struct.unpack(f">{width // 2}H", bytes(wire)))

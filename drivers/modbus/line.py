@@ -51,6 +51,8 @@ class ModbusLine:
         self.silent_requests = 0
         self.units = 0
         self.requests = 0
+        # Requests queued behind the one on the line.
+        self.waiting = 0
 
     @property
     def dead(self) -> bool:
@@ -127,7 +129,12 @@ class ModbusLine:
         Raises `NotConnected` when the link is closed; pymodbus' own exceptions pass through.
         """
         loop = asyncio.get_running_loop()
-        async with self._request_lock:
+        self.waiting += 1
+        try:
+            await self._request_lock.acquire()
+        finally:
+            self.waiting -= 1
+        try:
             client = self._client
             if client is None or not client.connected:
                 raise NotConnected(f"{self.describe()} is closed")
@@ -147,6 +154,8 @@ class ModbusLine:
                 self._last_request_end = loop.time()
             self.silent_requests = 0
             return response  # type: ignore[no-any-return]
+        finally:
+            self._request_lock.release()
 
     def _new_client(self) -> Client:
         device = self._template

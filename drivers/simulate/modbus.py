@@ -15,9 +15,7 @@ import asyncio
 import contextlib
 import logging
 import math
-import os
 import random
-import termios
 import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -297,6 +295,8 @@ class SimulatedModbusServer:
         drop_other_units = cast(Callable[[bool, ModbusPDU], ModbusPDU], self._drop_other_units)
         if self.transport == "rtu":
             assert self.serial_port is not None
+            # pyserial empties the port's input queue on open, so requests sent while the
+            # device was off are not answered late, paired with the client's next request.
             return ModbusSerialServer(
                 devices,
                 framer=FramerType.RTU,
@@ -342,13 +342,13 @@ class SimulatedModbusServer:
         try:
             await server.serve_forever(background=True)
         except RuntimeError as exc:  # pymodbus hides the OSError behind "could not listen"
-            raise OSError(
-                f"cannot serve {self.describe()}: port in use or serial device unavailable"
-            ) from exc
-        if self.transport == "rtu":
-            assert self.serial_port is not None
-            _discard_pending_input(self.serial_port)
-        elif self.port == 0:
+            why = (
+                "no such serial device, or another program has it open"
+                if self.transport == "rtu"
+                else "the port is in use, or the address is not one of this machine's"
+            )
+            raise OSError(f"cannot serve {self.describe()}: {why}") from exc
+        if self.transport != "rtu" and self.port == 0:
             listener = cast(asyncio.Server, server.transport)
             self.port = int(listener.sockets[0].getsockname()[1])
         self._server = server
@@ -401,20 +401,6 @@ def _check_transport(transport: str, serial_port: str | None, unit_ids: Sequence
     lowest, highest = (1, 247) if transport != "tcp" else (0, 255)
     if not all(lowest <= unit <= highest for unit in unit_ids):
         raise ValueError(f"unit ids on {transport} must be {lowest}-{highest}: {list(unit_ids)}")
-
-
-def _discard_pending_input(path: str) -> None:
-    """Drop bytes that reached the serial port while the device was off.
-
-    A real device never sees requests sent while it was powered down; answering them late
-    would pair a stale answer with the client's next request.
-    """
-    with contextlib.suppress(OSError, termios.error):
-        fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
-        try:
-            termios.tcflush(fd, termios.TCIFLUSH)
-        finally:
-            os.close(fd)
 
 
 SimulatorKind = Literal["press-line", "meter"]
