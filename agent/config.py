@@ -521,7 +521,7 @@ def _cross_check(document: dict[str, Any], locator: _Locator, base: Path) -> lis
                         )
                     )
                 point_owner.setdefault(point_id, (*point_loc, "id"))
-            notation = point.get("addressing", device.get("addressing", "protocol"))
+            notation = str(point.get("addressing", device.get("addressing", "protocol")))
             span = _register_span(point, notation)
             if span is None:
                 continue
@@ -717,6 +717,7 @@ class _ProfileExpander:
         reference = device.get("profile")
         if reference is None:
             if device.get("quantities") is not None:
+                self.unexpanded.add(d)
                 self._problem(
                     (d, "quantities"),
                     "quantities are read from a profile: add profile: NAME "

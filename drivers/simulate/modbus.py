@@ -155,7 +155,10 @@ class SimulatedModbusServer:
     the serial device `serial_port` at `baudrate`, `bytesize`, `parity` and `stopbits`. With
     port 0 the OS picks a free TCP port: `port` holds it once started, and restarts keep it.
 
-    Every unit id in `unit_ids` has its own four tables of 2,000 entries at addresses 0-1,999.
+    Every unit id in `unit_ids` has its own four tables of 2,000 entries at addresses 0-1,999,
+    plus the `extra_ranges` given as (table, first address, count): a meter whose registers sit
+    at 19000 or a device map with holes. Addresses outside them are answered "illegal data
+    address", as a real device answers for registers it does not have.
     A request for any other unit gets no answer at all, like a device that is switched off or
     absent from the bus: the client times out. `start()` and `stop()` may be called repeatedly
     to simulate a device going away; register contents survive it.
@@ -170,6 +173,7 @@ class SimulatedModbusServer:
         register_map: Sequence[SimulatedPoint] = (),
         model: Model | None = None,
         tick: float = 0.1,
+        extra_ranges: Sequence[tuple[ModbusTable, int, int]] = (),
         transport: Transport = "tcp",
         serial_port: str | None = None,
         baudrate: int = 9600,
@@ -184,6 +188,10 @@ class SimulatedModbusServer:
         self.register_map = {entry[0]: entry for entry in register_map}
         self.model = model
         self.tick = tick
+        self.ranges: dict[str, list[tuple[int, int]]] = {
+            table: _merge([(0, _TABLE_SIZE)] + [(a, n) for t, a, n in extra_ranges if t == table])
+            for table in _FUNCTION_CODE
+        }
         self.transport: Transport = transport
         self.serial_port = serial_port
         self.baudrate = baudrate
@@ -197,7 +205,7 @@ class SimulatedModbusServer:
         self._started = threading.Event()
         self._start_error: BaseException | None = None
         # Register contents survive stop/start like a real device's memory.
-        self._memory: dict[tuple[int, str], list[int] | list[bool]] = {}
+        self._memory: dict[tuple[int, str, int], list[int] | list[bool]] = {}
 
     def describe(self) -> str:
         """Where it serves, e.g. `Modbus RTU on /dev/pts/3 (9600 8N1)`."""
@@ -330,10 +338,10 @@ class SimulatedModbusServer:
             SimDevice(
                 id=unit,
                 simdata=(
-                    [SimData(0, count=_TABLE_SIZE, values=False, datatype=DataType.BITS)],
-                    [SimData(0, count=_TABLE_SIZE, values=False, datatype=DataType.BITS)],
-                    [SimData(0, count=_TABLE_SIZE, values=0, datatype=DataType.REGISTERS)],
-                    [SimData(0, count=_TABLE_SIZE, values=0, datatype=DataType.REGISTERS)],
+                    self._simdata("coil", False, DataType.BITS),
+                    self._simdata("discrete", False, DataType.BITS),
+                    self._simdata("holding", 0, DataType.REGISTERS),
+                    self._simdata("input", 0, DataType.REGISTERS),
                 ),
             )
             for unit in self.unit_ids
@@ -352,8 +360,8 @@ class SimulatedModbusServer:
             listener = cast(asyncio.Server, server.transport)
             self.port = int(listener.sockets[0].getsockname()[1])
         self._server = server
-        for (unit, table), values in self._memory.items():
-            await server.async_setValues(unit, _FUNCTION_CODE[table], 0, values)
+        for (unit, table, start), values in self._memory.items():
+            await server.async_setValues(unit, _FUNCTION_CODE[table], start, values)
         self._started.set()
         began = time.monotonic()
         try:
@@ -364,12 +372,19 @@ class SimulatedModbusServer:
                     await asyncio.wait_for(self._stopping.wait(), self.tick)
             for unit in self.unit_ids:
                 for table, function_code in _FUNCTION_CODE.items():
-                    self._memory[(unit, table)] = await server.async_getValues(
-                        unit, function_code, 0, _TABLE_SIZE
-                    )
+                    for start, count in self.ranges[table]:
+                        self._memory[(unit, table, start)] = await server.async_getValues(
+                            unit, function_code, start, count
+                        )
         finally:
             await server.shutdown()  # type: ignore[no-untyped-call]  # pymodbus lacks the hint
             self._server = None
+
+    def _simdata(self, table: str, initial: bool | int, datatype: DataType) -> list[SimData]:
+        return [
+            SimData(start, count=count, values=initial, datatype=datatype)
+            for start, count in self.ranges[table]
+        ]
 
     async def _apply_model(self, values: dict[str, float]) -> None:
         for name, value in values.items():
@@ -388,6 +403,18 @@ class SimulatedModbusServer:
     ) -> None:
         assert self._server is not None
         await self._server.async_setValues(unit, _FUNCTION_CODE[table], address, values)
+
+
+def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """(start, count) ranges sorted, with overlapping or adjacent ones joined."""
+    merged: list[tuple[int, int]] = []
+    for start, count in sorted(ranges):
+        if merged and start <= merged[-1][0] + merged[-1][1]:
+            first, first_count = merged[-1]
+            merged[-1] = (first, max(first_count, start + count - first))
+        else:
+            merged.append((start, count))
+    return merged
 
 
 def _check_transport(transport: str, serial_port: str | None, unit_ids: Sequence[int]) -> None:

@@ -8,8 +8,9 @@ with the case directory as the working directory (so problems print as `agent.ya
 and compares the result with the case's golden files:
 
 * `expected.err`: the config is broken. The command must exit 2, print nothing on stdout, and
-  print exactly this on stderr: one `agent.yaml:LINE:COL: FIELD: MESSAGE` line per problem,
-  then the summary line `N problem(s) found in agent.yaml.`
+  print exactly this on stderr: one `agent.yaml:LINE:COL: FIELD: MESSAGE` line per problem
+  (`profiles/NAME.yaml:LINE:COL: ...` for a problem in a profile file the config uses, after
+  those of agent.yaml), then the summary line `N problem(s) found in agent.yaml.`
 * `expected.out`: the config is valid (e.g. `valid_minimal`). The command must exit 0, print
   nothing on stderr, and print exactly this on stdout.
 
@@ -41,7 +42,7 @@ UPDATE = os.environ.get("UPDATE_GOLDEN", "") not in ("", "0")
 EXIT_OK = 0
 EXIT_CONFIG = 2
 
-PROBLEM_LINE = re.compile(r"^agent\.yaml:(\d+):(\d+): \S+: .+$")
+PROBLEM_LINE = re.compile(r"^(agent\.yaml|profiles/[^:\s]+\.yaml):(\d+):(\d+): \S+: .+$")
 SUMMARY_LINE = re.compile(r"^(\d+) problems? found in agent\.yaml\.$")
 
 
@@ -103,12 +104,16 @@ def test_check_output_matches_golden(case: Path) -> None:
 
     *problems, summary = expected.splitlines()
     assert problems, "an expected.err must list at least one problem"
-    positions = []
+    positions: dict[str, list[tuple[int, int]]] = {}
     for line in problems:
         problem = PROBLEM_LINE.match(line)
         assert problem, f"not FILE:LINE:COL: field: message: {line!r}"
-        positions.append((int(problem.group(1)), int(problem.group(2))))
-    assert positions == sorted(positions), "problems must be sorted by line and column"
+        position = (int(problem.group(2)), int(problem.group(3)))
+        positions.setdefault(problem.group(1), []).append(position)
+    files = list(positions)
+    assert CONFIG_NAME not in files[1:], "agent.yaml's own problems come first"
+    for file, found in positions.items():
+        assert found == sorted(found), f"problems in {file} must be sorted by line and column"
     match = SUMMARY_LINE.match(summary)
     assert match, f"bad summary line: {summary!r}"
     assert int(match.group(1)) == len(problems)

@@ -164,7 +164,7 @@ def test_writes_use_the_points_scale_and_refuse_values_between_steps(modbus):
         try:
             await driver.write(setpoint, -23.5)
             await driver.write(level, 60)
-            with pytest.raises(ValueError, match="not a multiple of setpoint's scale 0.1"):
+            with pytest.raises(ValueError, match=r"not a multiple of setpoint's scale 0\.1"):
                 await driver.write(setpoint, 23.45)
         finally:
             await driver.close()
@@ -192,42 +192,50 @@ def test_write_functions_multiple_uses_fc_16_for_one_register(modbus):
     assert modbus.get_registers("holding", 3, 1) == [0xBEEF]
 
 
-def test_a_rejected_block_is_split_the_good_points_read_and_the_split_kept(modbus):
-    # The simulated unit has 2,000 registers per table: a block reaching past them is rejected
-    # with "illegal data address" as a whole, as real devices reject holes in their maps.
-    settings = device(
-        modbus.port,
-        [
-            {"id": "a", "address": "holding:1990", "type": "uint16"},
-            {"id": "b", "address": "holding:1995", "type": "float32"},
-            {"id": "missing", "address": "holding:2004", "type": "uint16"},
-        ],
-    )
-    modbus.set_registers("holding", 1990, [7])
-    modbus.set_value("holding", 1995, 21.5, "float32")
+def test_a_block_over_a_hole_is_split_the_good_points_read_and_the_split_kept():
+    # The device's map has registers 3000-3009 and 3015-3024: 3010-3014 is a hole that a
+    # merged request reads through, and the device rejects the whole request for it.
+    holes = SimulatedModbusServer(0, extra_ranges=[("holding", 3000, 10), ("holding", 3015, 10)])
+    with holes:
+        settings = device(
+            holes.port,
+            [
+                {"id": "a", "address": "holding:3000", "type": "uint16"},
+                {"id": "b", "address": "holding:3008", "type": "float32"},
+                {"id": "c", "address": "holding:3016", "type": "int32", "order": "CDAB"},
+                {"id": "missing", "address": "holding:3030", "type": "uint16"},
+            ],
+        )
+        holes.set_registers("holding", 3000, [7])
+        holes.set_value("holding", 3008, 21.5, "float32")
+        holes.set_value("holding", 3016, -5, "int32", order="CDAB")
 
-    async def scenario() -> tuple[list[Any], list[Any], int, int]:
-        driver = ModbusDriver(settings)
-        await driver.connect()
-        try:
-            before = driver.health().requests
-            first = await driver.read(settings.points)
-            middle = driver.health().requests
-            second = await driver.read(settings.points)
-            return first, second, middle - before, driver.health().requests - middle
-        finally:
-            await driver.close()
+        async def scenario() -> tuple[list[Any], list[Any], int, int]:
+            driver = ModbusDriver(settings)
+            await driver.connect()
+            try:
+                before = driver.health().requests
+                first = await driver.read(settings.points)
+                middle = driver.health().requests
+                second = await driver.read(settings.points)
+                return first, second, middle - before, driver.health().requests - middle
+            finally:
+                await driver.close()
 
-    first, second, first_requests, second_requests = run(scenario())
+        first, second, first_requests, second_requests = run(scenario())
     for samples in (first, second):
         by_point = {s.point: s for s in samples}
         assert by_point["a"].value == 7
         assert by_point["b"].value == 21.5
+        assert by_point["c"].value == -5
         assert by_point["missing"].quality is Quality.BAD
         assert by_point["missing"].reason == "exception 2 (illegal data address)"
-    # First poll: the merged block, then its halves (a+b, missing). Later polls: the halves.
-    assert first_requests == 3
-    assert second_requests == 2
+    # First poll: 3000-3030 refused; cut at the widest gap (after c): 3000-3017 refused, cut
+    # after a: 3000 answers, 3008-3017 refused, cut: 3008-3009 and 3016-3017 answer; 3030 is
+    # refused on its own. 1 + 1 + 1 + 1 + 2 + 1 requests.
+    assert first_requests == 7
+    # Later polls go straight to the four parts that the cuts left.
+    assert second_requests == 4
 
 
 def test_pause_keeps_the_line_quiet_between_requests(modbus):
