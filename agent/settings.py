@@ -229,7 +229,7 @@ def parse_modbus_address(
         if text.isdigit() and len(text) < 5:
             raise ValueError(
                 f"{text} is too short for a Modicon reference; coil references start with 0, "
-                "so write them in quotes (address: \"00001\"), or YAML reads them as numbers"
+                'so write them in quotes (address: "00001"), or YAML reads them as numbers'
             )
         if not text.isdigit() or len(text) not in (5, 6) or text[0] not in _MODICON_TABLE:
             raise ValueError(
