@@ -18,6 +18,7 @@ from agent import __version__
 
 if TYPE_CHECKING:
     from agent.settings import Config
+    from drivers.simulate.modbus import SimulatedModbusServer
 
 __all__ = ["main"]
 
@@ -187,13 +188,26 @@ def _parser() -> argparse.ArgumentParser:
     simulate.epilog = (
         "Examples:\n"
         "  shopfloor simulate modbus --device meter --port 5021\n"
+        "  shopfloor simulate modbus --profile carlo-gavazzi-em340 --port 5023\n"
         "  shopfloor simulate modbus --transport rtu-tcp --port 5022 --units 1,2,3\n"
         "  socat pty,raw,echo=0,link=/tmp/sim pty,raw,echo=0,link=/tmp/agent &\n"
         "  shopfloor simulate modbus --transport rtu --serial /tmp/sim --baudrate 19200\n"
         "    (the agent then reads serial_port: /tmp/agent, baudrate: 19200)"
     )
     simulate.add_argument("protocol", choices=["modbus"], help="the protocol to serve")
-    simulate.add_argument("--device", choices=["press-line", "meter"], default="press-line")
+    simulate.add_argument(
+        "--device",
+        choices=["press-line", "meter"],
+        default="press-line",
+        help="press-line: a PLC with changing temperatures, pressure, counter and state; meter: "
+        "a three-phase meter with an Eastron SDM630 layout and live values (default press-line)",
+    )
+    simulate.add_argument(
+        "--profile",
+        metavar="NAME",
+        help="serve a meter with this device profile's register map (fixed plausible values) "
+        "instead of --device, e.g. --profile eastron-sdm630; see config/profiles/",
+    )
     simulate.add_argument(
         "--transport",
         choices=["tcp", "rtu-tcp", "rtu"],
@@ -351,13 +365,13 @@ def _unit_ids(text: str) -> list[int]:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    import threading
-
     from drivers.simulate.modbus import METER_MAP, PRESS_LINE_MAP, build_simulator
 
     if args.transport == "rtu" and not args.serial:
         print("--transport rtu needs --serial PATH, e.g. --serial /dev/ttyUSB0", file=sys.stderr)
         return EXIT_CONFIG
+    if args.profile:
+        return _simulate_profile(args)
     try:
         server = build_simulator(
             args.device,
@@ -377,13 +391,66 @@ def _simulate(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return EXIT_FAILED
     register_map = PRESS_LINE_MAP if args.device == "press-line" else METER_MAP
-    units = ("unit " if len(server.unit_ids) == 1 else "units ") + ", ".join(
-        map(str, server.unit_ids)
-    )
-    print(f"Simulated {args.device} serving {server.describe()}, {units}.")
+    print(f"Simulated {args.device} serving {server.describe()}, {_units_text(server.unit_ids)}.")
     for name, table, address, value_type, order, unit in register_map:
         print(f"  {table + ':' + str(address):<14} {value_type:<8} {order}  {name} ({unit})")
-    print("Ctrl-C stops it.")
+    return _serve_until_stopped(server)
+
+
+def _units_text(unit_ids: Sequence[int]) -> str:
+    return ("unit " if len(unit_ids) == 1 else "units ") + ", ".join(map(str, unit_ids))
+
+
+def _simulate_profile(args: argparse.Namespace) -> int:
+    """Serve a shipped (or own) profile's register map with fixed, plausible values."""
+    from agent.config import ConfigError, UnknownProfile, load_profile
+    from drivers.simulate.meters import meter_registers
+    from drivers.simulate.modbus import SimulatedModbusServer
+
+    try:
+        profile = load_profile(args.profile, Path.cwd())
+    except UnknownProfile as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_CONFIG
+    registers = meter_registers(profile)
+    try:
+        server = SimulatedModbusServer(
+            args.port,
+            host=args.host,
+            unit_ids=args.units,
+            transport=args.transport.replace("-", "_"),
+            serial_port=args.serial,
+            baudrate=args.baudrate,
+            extra_ranges=[(r.table, r.address, len(r.registers)) for r in registers],
+        )
+        server.start()
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+    except OSError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_FAILED
+    for unit in server.unit_ids:
+        for register in registers:
+            server.set_registers(register.table, register.address, register.registers, unit)
+    print(f"Simulated {args.profile} serving {server.describe()}, {_units_text(server.unit_ids)}.")
+    for register in registers:
+        quantity = profile.quantities[register.quantity]
+        print(
+            f"  {register.table + ':' + str(register.address):<14} {quantity.type:<8} "
+            f"{quantity.order}  {register.quantity} = {register.value:g} {quantity.unit or ''}"
+        )
+    return _serve_until_stopped(server)
+
+
+def _serve_until_stopped(server: SimulatedModbusServer) -> int:
+    import threading
+
+    print("Ctrl-C stops it.", flush=True)
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     try:

@@ -216,7 +216,10 @@ def serial_pair(tmp_path: Path) -> Iterator[tuple[str, str]]:
     after the test.
     """
     if shutil.which("socat") is None:
-        pytest.skip("socat is not installed")
+        # `make test` installs socat; a missing one must fail, not quietly skip RTU tests.
+        pytest.fail(
+            "socat is not installed: run `make test` (it installs it) or apt-get install socat"
+        )
     with PtyPair(tmp_path / "pty") as line:
         yield line.server_end, line.client_end
 

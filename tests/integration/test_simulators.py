@@ -365,3 +365,69 @@ def test_simulate_rtu_without_a_serial_port_is_refused():
     )
     assert result.returncode == 2
     assert "--transport rtu needs --serial PATH" in result.stderr
+
+
+SIMULATE = [sys.executable, "-m", "agent", "simulate", "modbus"]
+READ = [sys.executable, "-m", "agent", "read"]
+
+
+def test_simulate_a_profile_and_read_it_with_the_same_profile(tmp_path: Path):
+    from drivers.simulate.broker import free_port
+    from drivers.simulate.meters import expected_values
+    from tests.conftest import modbus_device, write_config
+
+    port = free_port()
+    process = subprocess.Popen(
+        [*SIMULATE, "--profile", "carlo-gavazzi-em340", "--port", str(port), "--units", "7"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        banner = process.stdout.readline()
+        assert f"Simulated carlo-gavazzi-em340 serving Modbus TCP on 127.0.0.1:{port}" in banner
+        config = write_config(
+            tmp_path,
+            broker_port=1883,
+            devices=[
+                modbus_device(
+                    "em340",
+                    port,
+                    [],
+                    profile="carlo-gavazzi-em340",
+                    quantities=["voltage_l1", "power_total"],
+                    unit_id=7,
+                )
+            ],
+        )
+        result = subprocess.run(
+            [*READ, str(config), "em340.voltage_l1", "em340.power_total"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "COLUMNS": "200"},
+            timeout=30,
+            check=False,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        expected = expected_values("carlo-gavazzi-em340")
+        assert f"{expected['voltage_l1']} V" in result.stdout
+        assert f"{expected['power_total']} W" in result.stdout
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(5) == 0
+
+
+def test_simulate_an_unknown_profile_suggests_the_right_name():
+    result = subprocess.run(
+        [sys.executable, "-m", "agent", "simulate", "modbus", "--profile", "eastron-sdm63"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "did you mean 'eastron-sdm630'?" in result.stderr
+    assert "Traceback" not in result.stderr
