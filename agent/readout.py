@@ -192,10 +192,9 @@ def _orders_table(readings: Sequence[_Reading]) -> Table:
         table.add_column(column)
     for reading in readings:
         point = reading.point
-        if reading.error is not None:
-            cells = ["", "", "", ""]
-            raw = f"bad ({reading.error})"
-        elif reading.registers is not None:
+        if reading.registers is not None:
+            # Shown even when the configured order gives a bad value (NaN, infinity): that is
+            # when the other orders matter most.
             decoded = decode_all_orders(point, reading.registers)
             configured = _configured_order(point)
             cells = [
@@ -205,6 +204,11 @@ def _orders_table(readings: Sequence[_Reading]) -> Table:
             if not decoded:  # a bit of a register: orders do not apply
                 cells[0] = str(reading.value)
             raw = reading.raw
+            if reading.error is not None:
+                raw += f" (bad: {reading.error})"
+        elif reading.error is not None:
+            cells = ["", "", "", ""]
+            raw = f"bad ({reading.error})"
         else:
             cells = [str(reading.value), "", "", ""]
             raw = reading.raw

@@ -440,7 +440,9 @@ class _Scanner:
             began = loop.time()
             self.report.requests += 1
             try:
-                response: Any = await self.line.request(send, response_timeout=timeout)
+                response: Any = await self.line.request(
+                    send, device="scan", response_timeout=timeout
+                )
             except (NotConnected, ConnectionException):
                 await self._reconnect()
                 continue

@@ -120,9 +120,10 @@ class ModbusDriver:
         self.line = line
         self._health = Health(since_ms=now_ms())
         self._plans: dict[int, tuple[Sequence[ModbusPoint], list[ReadBlock]]] = {}
-        self._layouts: dict[int, Layout] = {}
-        # Blocks whose points are all numbers, without overlaps, decode in one struct call.
-        self._whole_block: dict[int, _WholeBlock] = {}
+        # How to decode each block's answer, by id(block). The entry keeps the block alive, so
+        # its id cannot be reused by another block while the entry exists. Blocks whose points
+        # are all numbers, without overlaps, also decode in one struct call (`_WholeBlock`).
+        self._decoding: dict[int, tuple[ReadBlock, Layout, _WholeBlock | None]] = {}
         self.unit = device.unit_id
         self._silent_polls = 0
 
@@ -146,7 +147,7 @@ class ModbusDriver:
         probe = self.plan(self.device.points)[:1]
         if probe:
             result = await self._read_block(probe[0])
-            if result.error == _TIMEOUT:
+            if result.error in _NO_ANSWER:
                 await self._silent()
         self._silent_polls = 0
         self._set_state(LinkState.CONNECTED)
@@ -186,10 +187,7 @@ class ModbusDriver:
             else:
                 is_float = point.value_type.startswith("float")
                 layout.append((point.id, at, decoder_for(point.value_type, point.order), is_float))
-        self._layouts[id(block)] = layout
-        whole = _whole_block_format(block)
-        if whole is not None:
-            self._whole_block[id(block)] = whole
+        self._decoding[id(block)] = (block, layout, _whole_block_format(block))
 
     async def read(self, points: Sequence[ModbusPoint]) -> list[Sample]:
         """One request per planned block; failed blocks give BAD samples for their points."""
@@ -216,7 +214,7 @@ class ModbusDriver:
         refined: list[tuple[ReadBlock, list[ReadBlock]]] = []
         line = self.line
         for block in plan:
-            if results and results[-1].error == _TIMEOUT and not answered:
+            if results and results[-1].error in _NO_ANSWER and not answered:
                 # One silent request is enough to know; asking the rest would hold the line
                 # for every block's timeout while other units wait.
                 results.append(BlockResult(block, None, None, _SKIPPED, now_ms()))
@@ -233,7 +231,7 @@ class ModbusDriver:
                     for part in parts:
                         on_result(part)
                 continue
-            answered = answered or result.error != _TIMEOUT
+            answered = answered or result.error not in _NO_ANSWER
             results.append(result)
             if on_result is not None:
                 if line.waiting:
@@ -283,6 +281,9 @@ class ModbusDriver:
         for block in plan:
             new_plan.extend(replacements.get(id(block), [block]))
         self._plans[id(points)] = (points, new_plan)
+        kept = {id(block) for block in new_plan}
+        for block_id in [block_id for block_id in self._decoding if block_id not in kept]:
+            del self._decoding[block_id]
 
     async def _read_block(self, block: ReadBlock) -> BlockResult:
         method, start, count, unit = _READ_METHOD[block.table], block.start, block.count, self.unit
@@ -295,7 +296,10 @@ class ModbusDriver:
             self._health.requests += 1
             try:
                 response = await self.line.request(
-                    send, response_timeout=self.device.timeout, pause=self.device.pause
+                    send,
+                    device=self.device.name,
+                    response_timeout=self.device.timeout,
+                    pause=self.device.pause,
                 )
                 break
             except NotConnected as exc:
@@ -317,15 +321,21 @@ class ModbusDriver:
         if block.table in ("coil", "discrete"):
             return BlockResult(block, None, list(response.bits[: block.count]), None, ts)
         registers = list(response.registers)
-        if len(registers) < block.count:
+        if len(registers) != block.count:
+            # Not the answer to this request (on RTU, possibly a late answer to an earlier one).
             self._health.read_errors += 1
-            return BlockResult(block, None, None, "short response", ts)
+            error = f"answer of {len(registers)} registers to a request for {block.count}"
+            return BlockResult(block, None, None, error, ts)
         return BlockResult(block, registers, None, None, ts)
 
     def decode_block(self, result: BlockResult) -> list[Sample]:
         """Samples for the points of one answered (or failed) request, before transforms."""
         block, ts = result.block, result.ts
-        layout = self._layouts[id(block)]
+        entry = self._decoding.get(id(block))
+        if entry is None or entry[0] is not block:
+            self._remember_layout(block)
+            entry = self._decoding[id(block)]
+        _, layout, whole = entry
         if result.error is not None:
             return [Sample(point_id, None, BAD, ts, result.error) for point_id, *_ in layout]
         if result.bits is not None:
@@ -333,7 +343,6 @@ class ModbusDriver:
             return [Sample(point_id, bits[offset], GOOD, ts) for point_id, offset, *_ in layout]
         assert result.registers is not None
         data = registers_to_bytes(result.registers)
-        whole = self._whole_block.get(id(block))
         if whole is not None:
             unpack, point_ids, any_float, reorder = whole
             values = unpack(data if reorder is None else bytes(reorder(data)))
@@ -434,7 +443,10 @@ class ModbusDriver:
         self._health.requests += 1
         try:
             return await self.line.request(
-                send, response_timeout=self.device.timeout, pause=self.device.pause
+                send,
+                device=self.device.name,
+                response_timeout=self.device.timeout,
+                pause=self.device.pause,
             )
         except NotConnected as exc:
             raise NotConnected(f"cannot {what}: {exc}") from exc
@@ -523,6 +535,10 @@ def _exception_text(response: Any) -> str:
 
 
 _ILLEGAL_ADDRESS_ERROR = f"exception {_ILLEGAL_ADDRESS} ({EXCEPTION_NAMES[_ILLEGAL_ADDRESS]})"
+# Errors that mean the unit itself did not answer: a timeout, or a gateway saying so.
+_NO_ANSWER = frozenset(
+    [_TIMEOUT, *(f"exception {code} ({EXCEPTION_NAMES[code]})" for code in (10, 11))]
+)
 
 
 def _raw(values: Sequence[int] | Sequence[bool] | None) -> str:

@@ -30,6 +30,7 @@ T = TypeVar("T")
 Client = AsyncModbusTcpClient | AsyncModbusSerialClient
 
 _PARITY = {"none": "N", "even": "E", "odd": "O"}
+_LATE_ANSWER_GRACE_S = 0.05
 
 
 class LineSettingsDiffer(ValueError):
@@ -42,13 +43,15 @@ class ModbusLine:
     def __init__(self, device: ModbusDevice) -> None:
         self.key = device.line
         self._template = device
+        self._rtu_framing = isinstance(device, ModbusRtuDevice | ModbusRtuOverTcpDevice)
         self._client: Client | None = None
         self._request_lock = asyncio.Lock()
         self._connect_lock = asyncio.Lock()
         self._last_request_end = 0.0
-        # Requests in a row that nobody answered (an exception response is an answer): lets a
-        # device tell "my unit is silent" from "the line is dead".
-        self.silent_requests = 0
+        # The devices whose last request went unanswered since anything on the line last
+        # answered (an exception response is an answer): the line is dead when that is all of
+        # them, not when one dead unit has timed out a few times in a row.
+        self.silent: set[str] = set()
         self.units = 0
         self.requests = 0
         # Requests queued behind the one on the line.
@@ -56,8 +59,8 @@ class ModbusLine:
 
     @property
     def dead(self) -> bool:
-        """Whether the line looks dead: every unit on it left three requests in a row unanswered."""
-        return self.silent_requests >= 3 * max(1, self.units)
+        """Whether the line looks dead: no device on it got an answer since the last answer."""
+        return len(self.silent) >= max(1, self.units)
 
     @property
     def connected(self) -> bool:
@@ -91,7 +94,7 @@ class ModbusLine:
                 client.close()
                 raise NotConnected(f"cannot open {self.describe()}")
             self._client = client
-            self.silent_requests = 0
+            self.silent.clear()
 
     def close(self) -> None:
         """Close the link; the devices on it reconnect through `connect()`."""
@@ -118,6 +121,7 @@ class ModbusLine:
         self,
         call: Callable[[Client], Awaitable[T]],
         *,
+        device: str,
         response_timeout: float,
         pause: float = 0.0,
     ) -> T:
@@ -126,7 +130,8 @@ class ModbusLine:
         `response_timeout` is handed to pymodbus, which waits that long for the answer; an
         outer asyncio timeout would cancel pymodbus mid-request and confuse the next one.
 
-        Raises `NotConnected` when the link is closed; pymodbus' own exceptions pass through.
+        `device` names the requester, to tell one silent unit from a dead line. Raises
+        `NotConnected` when the link is closed; pymodbus' own exceptions pass through.
         """
         loop = asyncio.get_running_loop()
         self.waiting += 1
@@ -148,11 +153,15 @@ class ModbusLine:
             try:
                 response: Any = await call(client)
             except (TimeoutError, ModbusIOException):
-                self.silent_requests += 1
+                self.silent.add(device)
+                if self._rtu_framing:
+                    # RTU frames carry no transaction id: give a late answer time to arrive
+                    # now, so that pymodbus discards it instead of taking it for the next one.
+                    await asyncio.sleep(_LATE_ANSWER_GRACE_S)
                 raise
             finally:
                 self._last_request_end = loop.time()
-            self.silent_requests = 0
+            self.silent.clear()
             return response  # type: ignore[no-any-return]
         finally:
             self._request_lock.release()

@@ -122,3 +122,20 @@ def test_a_failed_point_shows_the_reason_and_exits_1(modbus, tmp_path: Path):
     assert result.returncode == 1
     assert rows(result.stdout)["gone"]["raw"] == "bad (exception 2 (illegal data address))"
     assert "Traceback" not in result.stderr
+
+
+def test_a_configured_order_that_gives_nan_still_shows_the_other_orders(modbus, tmp_path: Path):
+    # A NaN sent low word first: the configured CDAB decoding is NaN (a bad sample), yet the
+    # engineer still needs the raw words and the other orders to judge the configuration.
+    modbus.set_registers("holding", 20, [0x0000, 0x7FC0])
+    config = config_for(
+        modbus,
+        tmp_path,
+        [{"id": "flow", "address": "holding:20", "type": "float32", "order": "CDAB"}],
+    )
+    result = read_all_orders(config, "flow")
+    assert result.returncode == 1, result.stdout + result.stderr
+    row = rows(result.stdout)["flow"]
+    assert row["raw"] == "0000 7FC0 (bad: not a number: nan)"
+    assert row["CDAB"] == "nan *"
+    assert row["ABCD"] == f"{decode([0x0000, 0x7FC0], 'float32', 'ABCD'):.7g}"
