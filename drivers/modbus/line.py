@@ -54,6 +54,7 @@ class ModbusLine:
         self.silent: set[str] = set()
         self.units = 0
         self.requests = 0
+        self.opens = 0
         # Requests queued behind the one on the line.
         self.waiting = 0
 
@@ -94,6 +95,7 @@ class ModbusLine:
                 client.close()
                 raise NotConnected(f"cannot open {self.describe()}")
             self._client = client
+            self.opens += 1
             self.silent.clear()
 
     def close(self) -> None:

@@ -295,3 +295,132 @@ def test_point_model_is_what_the_driver_reads():
     # Guards the test helpers above: a ModbusPoint with a bit keeps it.
     point = ModbusPoint(id="x", address="holding:1", type="bool", bit=4)
     assert point.protocol_address == "holding:1.4"
+
+
+def test_random_maps_with_holes_read_exactly_after_their_blocks_are_split():
+    # Strings, register bits and numbers of every type scattered around holes in the device's
+    # map: whatever splits the driver makes, and however often, each point reads its own value.
+    import random
+
+    rng = random.Random(20261125)
+    ranges = [("holding", 3000 + 40 * i, rng.randint(8, 30)) for i in range(10)]
+    with SimulatedModbusServer(0, extra_ranges=ranges) as server:
+        for trial in range(40):
+            points: list[dict[str, Any]] = []
+            expected: dict[str, Any] = {}
+            for table, start, count in rng.sample(ranges, 4):
+                at = start + rng.randint(0, 3)
+                while at < start + count - 4:
+                    kind = rng.choice(["uint16", "float32", "int64", "string", "bit", "int32"])
+                    point_id = f"t{trial}_{at}"
+                    if kind == "string":
+                        text = "".join(rng.choices("ABC123", k=5))
+                        points.append(
+                            {
+                                "id": point_id,
+                                "address": f"{table}:{at}",
+                                "type": "string",
+                                "length": 5,
+                            }
+                        )
+                        server.set_registers(table, at, encode_text(text))
+                        expected[point_id], width = text, 3
+                    elif kind == "bit":
+                        bit = rng.randint(0, 15)
+                        points.append(
+                            {"id": point_id, "address": f"{table}:{at}", "type": "bool", "bit": bit}
+                        )
+                        word = rng.randint(0, 0xFFFF)
+                        server.set_registers(table, at, [word])
+                        expected[point_id], width = bool(word >> bit & 1), 1
+                    else:
+                        order = rng.choice(ORDERS)
+                        value = {"uint16": 0x0102, "float32": 2.5, "int64": -(2**40), "int32": -7}[
+                            kind
+                        ]
+                        points.append(
+                            {
+                                "id": point_id,
+                                "address": f"{table}:{at}",
+                                "type": kind,
+                                "order": order,
+                            }
+                        )
+                        server.set_value(table, at, value, kind, order=order)  # type: ignore[arg-type]
+                        expected[point_id] = value
+                        width = {"uint16": 1, "float32": 2, "int64": 4, "int32": 2}[kind]
+                    at += width + rng.randint(0, 3)
+            # A point in no range at all: always refused, never decoded from someone else's bytes.
+            points.append({"id": f"t{trial}_missing", "address": "holding:3035", "type": "uint16"})
+            settings = device(server.port, points, max_gap=40)
+
+            for samples in run(three_polls(settings)):
+                got = {s.point: s for s in samples}
+                assert got.pop(f"t{trial}_missing").quality is Quality.BAD
+                assert {k: s.value for k, s in got.items()} == expected, f"trial {trial}"
+
+
+async def three_polls(settings: ModbusTcpDevice) -> list[list[Any]]:
+    driver = ModbusDriver(settings)
+    await driver.connect()
+    try:
+        return [await driver.read(settings.points) for _ in range(3)]
+    finally:
+        await driver.close()
+
+
+def encode_text(text: str) -> list[int]:
+    from drivers.modbus.codec import encode_string
+
+    return encode_string(text, len(text))
+
+
+def test_a_dead_unit_does_not_close_the_connection_it_shares_with_a_live_one():
+    from agent.pipeline import DeviceRunner, Handoff, PipelineStats
+    from drivers.modbus.line import ModbusLines
+
+    with SimulatedModbusServer(0, unit_ids=(1,)) as server:
+        server.set_registers("holding", 0, [99])
+        live, dead = (
+            ModbusTcpDevice.model_validate(
+                {
+                    **modbus_device(
+                        name,
+                        server.port,
+                        [{"id": f"{name}.x", "address": "holding:0", "type": "uint16"}],
+                    ),
+                    "unit_id": unit,
+                    "interval": interval,
+                    "timeout": "100ms",
+                    "reconnect_max": "200ms",
+                }
+            )
+            for name, unit, interval in (("live", 1, "1s"), ("dead", 3, "50ms"))
+        )
+        lines = ModbusLines()
+
+        async def scenario() -> tuple[list[Any], int]:
+            handoff = Handoff(100_000, PipelineStats())
+            runners = [
+                DeviceRunner(d, ModbusDriver(d, lines.for_device(d)), handoff) for d in (live, dead)
+            ]
+            tasks = [asyncio.create_task(r.run()) for r in runners]
+            await asyncio.sleep(3.5)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            samples = []
+            while not handoff.queue.empty():
+                batch = handoff.queue.get_nowait()
+                if batch.kind == "metrics":
+                    samples.extend(batch.records)
+            opens = lines.for_device(live).opens
+            lines.close()
+            return samples, opens
+
+        samples, opens = run(scenario())
+    live_samples = [s for s in samples if s.point == "live.x"]
+    assert len(live_samples) >= 3
+    assert all(s.quality is Quality.GOOD and s.value == 99 for s in live_samples)
+    assert opens == 1, "the shared connection was never closed for the dead unit"
+    assert all(s.quality is Quality.BAD for s in samples if s.point == "dead.x")
