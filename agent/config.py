@@ -191,11 +191,21 @@ def _load_config(path: Path) -> Config:
     try:
         config = Config.model_validate(document)
     except ValidationError as exc:
+        found = _problems_from_pydantic(exc, locator)
+        # A device whose profile could not be used has no points: that is not news. A device
+        # whose addressing is misspelt cannot have its points' addresses judged either.
+        silenced = {f"devices[{d}].points" for d in unexpanded}
+        bad_addressing = [
+            p.field.removesuffix("addressing") for p in found if p.field.endswith("].addressing")
+        ]
         problems.extend(
             problem
-            for problem in _problems_from_pydantic(exc, locator)
-            # A device whose profile could not be used has no points: that is not news.
-            if problem.field not in {f"devices[{d}].points" for d in unexpanded}
+            for problem in found
+            if problem.field not in silenced
+            and not (
+                problem.field.endswith(".address")
+                and any(problem.field.startswith(f"{d}points[") for d in bad_addressing)
+            )
         )
     if problems or config is None:
         # The configuration file's problems first, then those of each profile file.
@@ -505,7 +515,7 @@ def _cross_check(document: dict[str, Any], locator: _Locator, base: Path) -> lis
                 )
             device_names.setdefault(name, loc)
         points = device.get("points")
-        occupied: dict[str, list[tuple[int, int, str, object]]] = {}
+        occupied: dict[str, list[tuple[int, int, str, object, str]]] = {}
         for p, point in enumerate(points if isinstance(points, list) else []):
             if not isinstance(point, dict):
                 continue
@@ -527,7 +537,9 @@ def _cross_check(document: dict[str, Any], locator: _Locator, base: Path) -> lis
                 continue
             table, start, end = span
             bit = point.get("bit") if point.get("type") == "bool" else None
-            for other_start, other_end, other_id, other_bit in occupied.get(table, []):
+            for other_start, other_end, other_id, other_bit, other_notation in occupied.get(
+                table, []
+            ):
                 # Bits of one register are separate points; only the same bit twice overlaps.
                 if bit is not None and other_bit is not None and bit != other_bit:
                     continue
@@ -536,11 +548,11 @@ def _cross_check(document: dict[str, Any], locator: _Locator, base: Path) -> lis
                         locator.problem(
                             (*point_loc, "address"),
                             f"{_span(table, start, end, notation)} overlaps point '{other_id}' "
-                            f"at {_span(table, other_start, other_end, notation)}",
+                            f"at {_span(table, other_start, other_end, other_notation)}",
                         )
                     )
                     break
-            occupied.setdefault(table, []).append((start, end, str(point_id), bit))
+            occupied.setdefault(table, []).append((start, end, str(point_id), bit, notation))
     mqtt = document.get("mqtt")
     if isinstance(mqtt, dict):
         password_file = mqtt.get("password_file")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -267,6 +268,12 @@ def parse_modbus_address(
     return table, number  # type: ignore[return-value]
 
 
+def _check_scale(scale: float) -> float:
+    if scale == 0:
+        raise ValueError("scale 0 would turn every value into 0 (and writes impossible)")
+    return scale
+
+
 class ModbusPoint(_Strict):
     """One value read from a Modbus device."""
 
@@ -277,7 +284,7 @@ class ModbusPoint(_Strict):
     bit: Annotated[int, Field(ge=0, le=15)] | None = None
     length: Annotated[int, Field(ge=1, le=250)] | None = None
     byte_swap: bool = False
-    scale: float = 1.0
+    scale: Annotated[float, AfterValidator(_check_scale)] = 1.0
     offset: float = 0.0
     unit: str | None = None
     description: str | None = None
@@ -318,7 +325,7 @@ class ModbusPoint(_Strict):
     @model_validator(mode="after")
     def _type_fits_table(self) -> ModbusPoint:
         try:
-            table, _ = parse_modbus_address(self.address, self.addressing)
+            table, register = parse_modbus_address(self.address, self.addressing)
         except ValueError as exc:
             raise FieldError("address", str(exc)) from None
         bit_table = table in ("coil", "discrete")
@@ -338,6 +345,12 @@ class ModbusPoint(_Strict):
             raise FieldError("bit", "bit is only for a bool read from one bit of a register")
         if self.type == "string" and self.length is None:
             raise FieldError("length", "a string point needs its length in characters")
+        if not bit_table and register + self.width - 1 > 65535:
+            raise FieldError(
+                "address",
+                f"a {self.type} takes {self.width} registers: {table}:{register} runs past the "
+                "last Modbus address, 65535",
+            )
         if self.type != "string" and (self.length is not None or self.byte_swap):
             field = "length" if self.length is not None else "byte_swap"
             raise FieldError(field, f"{field} is only for string points")
@@ -360,8 +373,8 @@ def _inherit_addressing(data: Any) -> Any:
         return data
     addressing = data.get("addressing", "protocol")
     points = data.get("points")
-    if not isinstance(points, list):
-        return data
+    if not isinstance(points, list) or addressing not in typing.get_args(Addressing):
+        return data  # an invalid addressing is reported once, on the device
     inherited = [
         {**point, "addressing": addressing}
         if isinstance(point, dict) and "addressing" not in point
@@ -400,6 +413,15 @@ class _ModbusDevice(_Strict):
     def _has_points(self) -> _ModbusDevice:
         if not self.points:
             raise FieldError("points", "needs at least 1 entry (or a profile with quantities)")
+        for index, point in enumerate(self.points):
+            if point.table in ("input", "holding") and point.width > self.max_registers:
+                field = "length" if point.type == "string" else "type"
+                raise FieldError(
+                    ("points", index, field),
+                    f"a {point.type} takes {point.width} registers, more than this device's "
+                    f"max_registers ({self.max_registers}) allows in one request; a value is "
+                    "never split across requests",
+                )
         return self
 
     @property
@@ -554,12 +576,6 @@ def _check_quantity_name(name: str) -> str:
 
 
 QuantityName = Annotated[str, Field(max_length=64), AfterValidator(_check_quantity_name)]
-
-
-def _check_scale(scale: float) -> float:
-    if scale == 0:
-        raise ValueError("a scale of 0 would turn every reading into 0")
-    return scale
 
 
 class ProfileQuantity(_Strict):

@@ -114,7 +114,7 @@ def test_the_simulated_meter_can_encode_every_quantity(name: str) -> None:
 # generated from the profile files: a profile edit that moves, retypes, rescales or drops a
 # quantity, or adds one that meters.md does not document, fails here. Hex addresses of meters.md
 # are converted in the comments; Schneider's 1-based register numbers appear as register - 1.
-# 16-bit values are pinned as ABCD (the only byte order these meters use).
+# 16-bit values are pinned as ABCD: one word, MSB first, as meters.md gives them.
 
 Fact = tuple[str, str, str, float, str | None]
 
