@@ -191,16 +191,18 @@ def _load_config(path: Path) -> Config:
     try:
         config = Config.model_validate(document)
     except ValidationError as exc:
-        found = _problems_from_pydantic(exc, locator)
+        schema_problems = _problems_from_pydantic(exc, locator)
         # A device whose profile could not be used has no points: that is not news. A device
         # whose addressing is misspelt cannot have its points' addresses judged either.
         silenced = {f"devices[{d}].points" for d in unexpanded}
         bad_addressing = [
-            p.field.removesuffix("addressing") for p in found if p.field.endswith("].addressing")
+            p.field.removesuffix("addressing")
+            for p in schema_problems
+            if p.field.endswith("].addressing")
         ]
         problems.extend(
             problem
-            for problem in found
+            for problem in schema_problems
             if problem.field not in silenced
             and not (
                 problem.field.endswith(".address")
