@@ -827,4 +827,6 @@ def _point(device_name: str, quantity: str, profile: Profile) -> dict[str, Any]:
         point["unit"] = spec.unit
     if spec.description is not None:
         point["description"] = spec.description
+    if spec.unavailable is not None:
+        point["unavailable"] = list(spec.unavailable)
     return point

@@ -218,6 +218,7 @@ REGISTER_COUNT: dict[str, int] = {
     "float64": 4,
 }
 _TABLES = ("coil", "discrete", "input", "holding")
+_INTEGER_TYPES = ("int16", "uint16", "int32", "uint32", "int64", "uint64")
 _MODICON_TABLE = {"0": "coil", "1": "discrete", "3": "input", "4": "holding"}
 
 
@@ -286,6 +287,9 @@ class ModbusPoint(_Strict):
     byte_swap: bool = False
     scale: Annotated[float, AfterValidator(_check_scale)] = 1.0
     offset: float = 0.0
+    # Raw values the device sends when it has no value (e.g. 0x7FFFFFFF for "not supported"):
+    # published as bad with the reason "not available", never as a number.
+    unavailable: list[int] | None = None
     unit: str | None = None
     description: str | None = None
     deadband: Annotated[float, Field(ge=0)] | None = None
@@ -354,6 +358,10 @@ class ModbusPoint(_Strict):
         if self.type != "string" and (self.length is not None or self.byte_swap):
             field = "length" if self.length is not None else "byte_swap"
             raise FieldError(field, f"{field} is only for string points")
+        if self.unavailable is not None and self.type not in _INTEGER_TYPES:
+            raise FieldError(
+                "unavailable", "unavailable lists raw integers: it is for integer types only"
+            )
         if self.type in ("bool", "string") and (self.scale != 1.0 or self.offset != 0.0):
             field = "scale" if self.scale != 1.0 else "offset"
             raise FieldError(field, f"a {self.type} point cannot be scaled")
@@ -585,6 +593,8 @@ class ProfileQuantity(_Strict):
     type: ProfileType
     order: WordOrder = "ABCD"
     scale: Annotated[float, AfterValidator(_check_scale)] = 1.0
+    # Raw values that mean "no value" on this meter (published as bad, "not available").
+    unavailable: list[int] | None = None
     unit: str | None = None
     description: str | None = None
 
@@ -598,6 +608,10 @@ class ProfileQuantity(_Strict):
             raise FieldError(
                 "address",
                 f"a profile quantity is a register value: use input: or holding:, not {table}:",
+            )
+        if self.unavailable is not None and self.type not in _INTEGER_TYPES:
+            raise FieldError(
+                "unavailable", "unavailable lists raw integers: it is for integer types only"
             )
         return self
 

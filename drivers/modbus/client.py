@@ -186,7 +186,10 @@ class ModbusDriver:
                 layout.append((point.id, at, decoder, False))
             else:
                 is_float = point.value_type.startswith("float")
-                layout.append((point.id, at, decoder_for(point.value_type, point.order), is_float))
+                decoder = decoder_for(point.value_type, point.order)
+                if point.unavailable:
+                    decoder = _unless_unavailable(decoder, _as_decoded(point))
+                layout.append((point.id, at, decoder, is_float))
         self._decoding[id(block)] = (block, layout, _whole_block_format(block))
 
     async def read(self, points: Sequence[ModbusPoint]) -> list[Sample]:
@@ -353,6 +356,9 @@ class ModbusDriver:
         samples = []
         for point_id, offset, decoder, is_float in layout:
             value = decoder(data, offset)
+            if isinstance(value, _NotAvailable):
+                samples.append(Sample(point_id, None, BAD, ts, str(value)))
+                continue
             if is_float and not isfinite(value):  # type: ignore[arg-type]
                 samples.append(Sample(point_id, None, BAD, ts, f"not a number: {value}"))
             else:
@@ -508,7 +514,7 @@ def _whole_block_format(block: ReadBlock) -> _WholeBlock | None:
     permutation = list(range(block.count * 2))
     for point in members:
         code = _STRUCT_CODE.get(point.value_type)
-        if code is None or point.register < at:
+        if code is None or point.register < at or point.unavailable:
             return None
         if point.register > at:
             fmt.append(f"{(point.register - at) * 2}x")
@@ -522,6 +528,33 @@ def _whole_block_format(block: ReadBlock) -> _WholeBlock | None:
     any_float = any(point.value_type.startswith("float") for point in members)
     return _WholeBlock(
         struct.Struct("".join(fmt)).unpack_from, tuple(p.id for p in members), any_float, reorder
+    )
+
+
+class _NotAvailable(str):
+    """What a decoder gives for a raw value the device uses to say "no value"."""
+
+
+def _unless_unavailable(
+    decoder: Callable[[bytes, int], int | float], unavailable: frozenset[int]
+) -> Callable[[bytes, int], Value]:
+    def decode(data: bytes, at: int) -> Value:
+        value = decoder(data, at)
+        if value in unavailable:
+            return _NotAvailable(f"not available (raw {value:#x})")
+        return value
+
+    return decode
+
+
+def _as_decoded(point: ModbusPoint) -> frozenset[int]:
+    """The point's `unavailable` raw values as its type decodes them: a bit pattern such as
+    0xFFFF written for a signed type means -1."""
+    bits = point.width * 16
+    signed = point.value_type.startswith("int")
+    return frozenset(
+        value - (1 << bits) if signed and value >= 1 << (bits - 1) else value
+        for value in point.unavailable or ()
     )
 
 

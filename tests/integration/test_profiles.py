@@ -87,3 +87,37 @@ def test_a_subset_of_quantities_on_a_cdab_meter(tmp_path: Path) -> None:
     }
     reactive = values["em340.reactive_power_l2"]
     assert isinstance(reactive, int) and reactive < 0  # signed, low word first
+
+
+def test_a_quantity_the_meter_does_not_support_is_bad_not_a_huge_number(tmp_path: Path) -> None:
+    # An import-only ABB B23 answers all 0xFF for export energy and 0x7FFF for a power factor it
+    # cannot measure; published as numbers they would read 1.8e17 kWh and 32.767.
+    meter = SimulatedMeter("abb-b23", free_port(), unit_id=3)
+    meter.start()
+    try:
+        meter.server.set_registers("holding", 20484, [0xFFFF] * 4, unit=3)
+        meter.server.set_registers("holding", 23355, [0x7FFF], unit=3)
+        config_path = write_config(
+            tmp_path,
+            broker_port=1883,
+            devices=[
+                modbus_device(
+                    "meter",
+                    meter.server.port,
+                    [],
+                    profile="abb-b23",
+                    quantities=["energy_import", "energy_export", "power_factor_l1"],
+                    unit_id=3,
+                )
+            ],
+        )
+        device = load_config(config_path).devices[0]
+        samples, _ = asyncio.run(read_all(device))
+    finally:
+        meter.stop()
+    by_point = {sample.point: sample for sample in samples}
+    assert by_point["meter.energy_import"].quality is Quality.GOOD
+    assert by_point["meter.energy_export"].quality is Quality.BAD
+    assert by_point["meter.energy_export"].reason == "not available (raw 0xffffffffffffffff)"
+    assert by_point["meter.power_factor_l1"].value is None
+    assert by_point["meter.power_factor_l1"].reason == "not available (raw 0x7fff)"

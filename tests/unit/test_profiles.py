@@ -763,7 +763,7 @@ def test_a_broken_profile_file_is_reported_with_its_own_name_line_and_column(
         f"{bad}:5:37: quantities.power.type: Input should be 'int16', 'uint16', 'int32', "
         "'uint32', 'int64', 'uint64', 'float32' or 'float64', got 'float'",
         f"{bad}:9:5: quantities.energy.units: unknown field 'units'; did you mean 'unit'? "
-        "(allowed here: address, type, order, scale, unit, description)",
+        "(allowed here: address, type, order, scale, unavailable, unit, description)",
     ]
 
 
