@@ -26,7 +26,8 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.constructor import DuplicateKeyError
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
-from agent.settings import REGISTER_COUNT, Config, FieldError, Profile, parse_modbus_address
+from agent.profiles import Profile
+from agent.settings import REGISTER_COUNT, Config, FieldError, parse_modbus_address
 
 __all__ = [
     "PROFILES_DIR",

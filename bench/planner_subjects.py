@@ -132,9 +132,23 @@ def workload() -> list[WorkloadPoint]:
     return points
 
 
+_STRUCT_CODE = {"int16": "h", "uint16": "H", "int32": "i", "uint32": "I", "float32": "f"}
+_STRUCT_CODE.update({"int64": "q", "uint64": "Q", "float64": "d"})
+
+
 def one_per_point_plan(points: Sequence[WorkloadPoint]) -> list[list[Any]]:
-    """Every point read alone: `[unit, table, address, width, 1]` each."""
-    return [[point.unit, point.table, point.address, point.width, 1] for point in points]
+    """Every point read alone: `[unit, table, address, width, 1, format]` each."""
+    return [
+        [
+            point.unit,
+            point.table,
+            point.address,
+            point.width,
+            1,
+            "" if point.table == "coil" else ">" + _STRUCT_CODE[point.type],
+        ]
+        for point in points
+    ]
 
 
 def point_config(point: WorkloadPoint) -> dict[str, Any]:

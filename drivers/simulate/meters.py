@@ -17,7 +17,8 @@ import re
 from dataclasses import dataclass
 
 from agent.config import load_profile
-from agent.settings import ModbusTable, Profile, ProfileQuantity, parse_modbus_address
+from agent.profiles import Profile, ProfileQuantity
+from agent.settings import ModbusTable, parse_modbus_address
 from drivers.modbus.codec import decode, encode
 from drivers.simulate.modbus import SimulatedModbusServer
 
