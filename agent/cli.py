@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import json
 import logging
+import re
 import signal
 import subprocess
 import sys
@@ -284,6 +285,15 @@ def _check(args: argparse.Namespace) -> int:
     return status
 
 
+def _may_use_a_serial_port(config: Path) -> bool:
+    """Whether the configuration file may have a `modbus_rtu` device (True when unreadable)."""
+    try:
+        text = config.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return True
+    return re.search(r"modbus_rtu(?!_tcp)", text) is not None
+
+
 def _run(args: argparse.Namespace) -> int:
     # The configuration is read and validated by `shopfloor check` in a child process, and
     # this long-running process rebuilds it from the child's JSON. The YAML parser and
@@ -295,6 +305,11 @@ def _run(args: argparse.Namespace) -> int:
         stderr=subprocess.PIPE,
         text=True,
     )
+    if not _may_use_a_serial_port(args.config):
+        # pymodbus imports pyserial (0.3 MiB) whether or not a serial line is used. A file
+        # without the word modbus_rtu cannot configure one: keep pyserial out of memory (a
+        # None entry in sys.modules makes `import serial` fail, which pymodbus tolerates).
+        sys.modules.setdefault("serial", None)  # type: ignore[arg-type]
     from agent.app import Agent, AgentFailed, StartupError
     from agent.settings import Config
 

@@ -167,3 +167,37 @@ def test_rtu_over_tcp_reads_units_behind_a_converter(simulator_factory):
     samples = asyncio.run(run_devices(devices, 1.0))
     values = {s.point: s.value for s in samples if s.quality is Quality.GOOD}
     assert values == {"u4.count": -123456789, "u5.count": 987654321}
+
+
+def test_the_agent_publishes_from_an_rtu_bus_end_to_end(
+    serial_pair, rtu_simulator, broker, subscriber_factory, agent_factory, tmp_path
+):
+    from tests.conftest import write_config
+
+    server = rtu_simulator(units=(1, 2), baudrate=19200)
+    server.set_value("input", 0, 1500.5, "float32", unit=1)
+    server.set_value("input", 0, 2500.25, "float32", unit=2)
+    devices = [
+        {
+            "name": f"meter{unit}",
+            "driver": "modbus_rtu",
+            "serial_port": serial_pair[1],
+            "baudrate": 19200,
+            "unit_id": unit,
+            "interval": "200ms",
+            "timeout": "200ms",
+            "points": [{"id": f"meter{unit}.power", "address": "input:0", "type": "float32"}],
+        }
+        for unit in (1, 2)
+    ]
+    config = write_config(tmp_path, broker_port=broker.port, devices=devices)
+    subscriber = subscriber_factory(broker.port)
+    agent = agent_factory(config)
+    agent.start()
+    subscriber.wait_for(
+        lambda: subscriber.samples_of("meter1.power") and subscriber.samples_of("meter2.power"),
+        what="samples from both meters on the bus",
+    )
+    assert subscriber.samples_of("meter1.power")[-1]["v"] == 1500.5
+    assert subscriber.samples_of("meter2.power")[-1]["v"] == 2500.25
+    assert subscriber.samples_of("meter1.power")[-1]["q"] == "good"
