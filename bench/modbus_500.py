@@ -41,9 +41,8 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +52,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.bytecode import compile_agent
+from bench.provenance import code_version, versions
 from drivers.simulate.broker import BrokerNotFound, LocalBroker, free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -565,32 +565,6 @@ def report(
                 )
 
 
-def versions() -> dict[str, str]:
-    found = {"python": platform.python_version()}
-    for package in ("shopfloor-agent", "pymodbus", "paho-mqtt"):
-        with suppress(metadata.PackageNotFoundError):
-            found[package] = metadata.version(package)
-    return found
-
-
-def code_version() -> dict[str, Any]:
-    """The commit measured, and the files of the agent that differ from it (work in progress)."""
-
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(
-                ["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10, check=True
-            ).stdout.rstrip("\n")
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    changed = git("status", "--porcelain", "--", "agent", "drivers", "pyproject.toml")
-    return {
-        "commit": git("rev-parse", "--short", "HEAD") or None,
-        "changed_files": [line[3:] for line in changed.splitlines()],
-    }
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.modbus_500", description=__doc__.split("\n\n")[0]
@@ -670,7 +644,7 @@ def main(argv: list[str] | None = None) -> int:
             "loadavg_after": loadavg(),
             "platform": platform.platform(),
         },
-        "versions": versions(),
+        "versions": versions("shopfloor-agent", "pymodbus", "paho-mqtt"),
         "code": code,
         "runs": {
             name: {

@@ -44,9 +44,8 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +60,7 @@ from bench.planner_subjects import (
     one_per_point_plan,
     workload,
 )
+from bench.provenance import code_version, versions
 from drivers.simulate.broker import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -484,32 +484,6 @@ def report(
             console.print(f"[yellow]agent round {run.round}: {example}[/]")
 
 
-def versions() -> dict[str, str]:
-    found = {"python": platform.python_version()}
-    for package in ("shopfloor-agent", "pymodbus", "pydantic"):
-        with suppress(metadata.PackageNotFoundError):
-            found[package] = metadata.version(package)
-    return found
-
-
-def code_version() -> dict[str, Any]:
-    """The commit measured, and the files of the agent that differ from it (work in progress)."""
-
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(
-                ["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10, check=True
-            ).stdout.rstrip("\n")
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    changed = git("status", "--porcelain", "--", "agent", "drivers", "pyproject.toml")
-    return {
-        "commit": git("rev-parse", "--short", "HEAD") or None,
-        "changed_files": [line[3:] for line in changed.splitlines()],
-    }
-
-
 def plan_summary(plan: list[list[Any]]) -> dict[str, Any]:
     """Requests per unit and table, and how many registers or bits they span."""
     requests: Counter[str] = Counter()
@@ -643,7 +617,7 @@ def main(argv: list[str] | None = None) -> int:
             "loadavg_after": loadavg(),
             "platform": platform.platform(),
         },
-        "versions": versions(),
+        "versions": versions("shopfloor-agent", "pymodbus", "pydantic"),
         "code": code,
         "summary": {subject: asdict(summary) for subject, summary in summaries.items()},
         "ratios": {
