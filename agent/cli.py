@@ -278,7 +278,8 @@ def _check(args: argparse.Namespace) -> int:
             status = EXIT_CONFIG
             continue
         if args.print_validated:
-            print(config.model_dump_json())
+            # Defaults left out: a smaller message, and less for `shopfloor run` to parse.
+            print(config.model_dump_json(exclude_defaults=True))
             continue
         points = sum(len(device.points) for device in config.devices)
         print(f"{path}: OK ({_count(len(config.devices), 'device')}, {_count(points, 'point')}).")

@@ -509,25 +509,24 @@ class Config(_Strict):
 
     @classmethod
     def from_validated(cls, data: dict[str, Any]) -> Config:
-        """Rebuild a Config from `model_dump(mode="json")` of one that passed validation,
-        without validating again. Only for data this program validated itself."""
-        agent, mqtt, outbox = data["agent"], data["mqtt"], data["outbox"]
-        password_file = mqtt["password_file"]
+        """Rebuild a Config from `model_dump(mode="json", exclude_defaults=True)` of one that
+        passed validation, without validating again (missing fields take their defaults).
+        Only for data this program validated itself."""
+
+        def paths(fields: dict[str, Any], *names: str) -> dict[str, Any]:
+            return {
+                **fields,
+                **{name: Path(fields[name]) for name in names if fields.get(name) is not None},
+            }
+
         return cls.model_construct(
-            agent=AgentSettings.model_construct(**{**agent, "data_dir": Path(agent["data_dir"])}),
-            mqtt=MqttSettings.model_construct(
-                **{**mqtt, "password_file": None if password_file is None else Path(password_file)}
-            ),
-            outbox=OutboxSettings.model_construct(**{**outbox, "path": Path(outbox["path"])}),
+            agent=AgentSettings.model_construct(**paths(data["agent"], "data_dir")),
+            mqtt=MqttSettings.model_construct(**paths(data["mqtt"], "password_file")),
+            outbox=OutboxSettings.model_construct(**paths(data.get("outbox", {}), "path")),
             devices=[
                 _DEVICE_CLASSES[device["driver"]].model_construct(
                     **{
-                        **device,
-                        **(
-                            {"serial_port": Path(device["serial_port"])}
-                            if "serial_port" in device
-                            else {}
-                        ),
+                        **paths(device, "serial_port"),
                         "points": [ModbusPoint.model_construct(**p) for p in device["points"]],
                     }
                 )

@@ -46,12 +46,33 @@ def test_config_error_carries_every_problem(tmp_path: Path):
     assert all(problem.file == str(path) for problem in caught.value.problems)
 
 
-def test_validated_config_rebuilds_identically_without_validation():
+@pytest.mark.parametrize("exclude_defaults", [False, True])
+def test_validated_config_rebuilds_identically_without_validation(exclude_defaults):
     config = load_config(REPO / "config" / "examples" / "demo.yaml")
-    rebuilt = Config.from_validated(json.loads(config.model_dump_json()))
+    dumped = config.model_dump_json(exclude_defaults=exclude_defaults)
+    rebuilt = Config.from_validated(json.loads(dumped))
     assert rebuilt == config
     assert isinstance(rebuilt.agent.data_dir, Path)
     assert rebuilt.devices[0].points[0].table == "holding"
+
+
+def test_every_kind_of_device_rebuilds_identically(tmp_path: Path):
+    path = tmp_path / "agent.yaml"
+    path.write_text(
+        "agent: {id: gw}\nmqtt: {host: h, username: u, password_env: HOME}\n"
+        "outbox: {path: /tmp/x.db}\ndevices:\n"
+        "  - {name: a, driver: modbus_rtu, serial_port: /dev/ttyUSB0, addressing: modicon,\n"
+        "     points: [{id: a.v, address: 30001, type: int32, unavailable: [0]}]}\n"
+        "  - {name: b, driver: modbus_rtu_tcp, host: 10.0.0.1, port: 4001, pause: 20ms,\n"
+        "     points: [{id: b.s, address: 'holding:0', type: string, length: 8}]}\n"
+        "  - {name: c, driver: modbus_tcp, host: 10.0.0.2, profile: eastron-sdm120,\n"
+        "     quantities: [voltage]}\n"
+    )
+    config = load_config(path)
+    rebuilt = Config.from_validated(json.loads(config.model_dump_json(exclude_defaults=True)))
+    assert rebuilt == config
+    assert isinstance(rebuilt.devices[0].serial_port, Path)
+    assert rebuilt.devices[0].points[0].protocol_address == "input:0"
 
 
 def test_yaml_that_only_the_round_trip_parser_accepts_still_loads(tmp_path: Path):
