@@ -216,8 +216,9 @@ class ModbusDriver:
         answered = False
         refined: list[tuple[ReadBlock, list[ReadBlock]]] = []
         line = self.line
+        silent = False
         for block in plan:
-            if results and results[-1].error in _NO_ANSWER and not answered:
+            if silent:
                 # One silent request is enough to know; asking the rest would hold the line
                 # for every block's timeout while other units wait.
                 results.append(BlockResult(block, None, None, _SKIPPED, now_ms()))
@@ -235,6 +236,7 @@ class ModbusDriver:
                         on_result(part)
                 continue
             answered = answered or result.error not in _NO_ANSWER
+            silent = not answered
             results.append(result)
             if on_result is not None:
                 if line.waiting:

@@ -22,7 +22,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Literal, TypeVar, cast
 
 from pymodbus.framer import FramerType
-from pymodbus.pdu import ModbusPDU
+from pymodbus.pdu import ExceptionResponse, ModbusPDU
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
@@ -47,6 +47,7 @@ _FUNCTION_CODE: dict[str, int] = {"coil": 1, "discrete": 2, "holding": 3, "input
 # pymodbus builds its simulated tables in quadratic time: 2,000 entries take 0.05 s, 10,000
 # take 2.4 s of CPU with the GIL held, enough to starve a second simulator in the same process.
 _TABLE_SIZE = 2_000
+_GATEWAY_TARGET_FAILED = 11
 
 Transport = Literal["tcp", "rtu_tcp", "rtu"]
 """Modbus TCP, RTU frames over a TCP socket, or RTU on a serial port."""
@@ -180,6 +181,7 @@ class SimulatedModbusServer:
         bytesize: int = 8,
         parity: Parity = "N",
         stopbits: int = 1,
+        unreachable_behind_gateway: Sequence[int] = (),
     ) -> None:
         _check_transport(transport, serial_port, unit_ids)
         self.host = host
@@ -198,6 +200,10 @@ class SimulatedModbusServer:
         self.bytesize = bytesize
         self.parity: Parity = parity
         self.stopbits = stopbits
+        # Units this server answers for as a gateway whose serial device is gone: every request
+        # gets exception 11, "gateway target device failed to respond".
+        self.unreachable_behind_gateway = tuple(unreachable_behind_gateway)
+        self._gateway_requests: dict[int, int] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: ModbusTcpServer | ModbusSerialServer | None = None
         self._thread: threading.Thread | None = None
@@ -327,7 +333,19 @@ class SimulatedModbusServer:
 
         Without it pymodbus answers them with an exception, which no absent device does.
         """
-        if sending or pdu.dev_id in self.unit_ids:
+        if sending:
+            unit = self._gateway_requests.pop(pdu.transaction_id, None)
+            if unit is None:
+                return pdu
+            return ExceptionResponse(
+                pdu.function_code & 0x7F, _GATEWAY_TARGET_FAILED, unit, pdu.transaction_id
+            )
+        if pdu.dev_id in self.unreachable_behind_gateway:
+            # Served by a real unit, then its answer is replaced by the gateway's exception.
+            self._gateway_requests[pdu.transaction_id] = pdu.dev_id
+            pdu.dev_id = self.unit_ids[0]
+            return pdu
+        if pdu.dev_id in self.unit_ids:
             return pdu
         return None
 

@@ -424,3 +424,65 @@ def test_a_dead_unit_does_not_close_the_connection_it_shares_with_a_live_one():
     assert all(s.quality is Quality.GOOD and s.value == 99 for s in live_samples)
     assert opens == 1, "the shared connection was never closed for the dead unit"
     assert all(s.quality is Quality.BAD for s in samples if s.point == "dead.x")
+
+
+def test_a_unit_its_gateway_cannot_reach_is_silent_and_its_neighbour_keeps_reading():
+    # A TCP gateway answers exception 11 ("target device failed to respond") for unit 5 whose
+    # serial device is gone: the rest of unit 5's poll is skipped (each request would cost the
+    # gateway's own serial timeout), unit 5 is reported as not answering and backs off, and the
+    # connection stays open for unit 1.
+    from agent.pipeline import DeviceRunner, Handoff, PipelineStats
+    from drivers.modbus.line import ModbusLines
+
+    with SimulatedModbusServer(0, unit_ids=(1,), unreachable_behind_gateway=(5,)) as gateway:
+        gateway.set_registers("holding", 0, [42])
+        far_points = [
+            {"id": f"far.r{i}", "address": f"holding:{100 * i}", "type": "uint16"} for i in range(3)
+        ]
+        near, far = (
+            ModbusTcpDevice.model_validate(
+                {**modbus_device(name, gateway.port, points), "unit_id": unit, "max_gap": 0}
+            )
+            for name, unit, points in (
+                ("near", 1, [{"id": "near.x", "address": "holding:0", "type": "uint16"}]),
+                ("far", 5, far_points),
+            )
+        )
+        lines = ModbusLines()
+
+        async def scenario() -> tuple[list[Any], int, int]:
+            far_driver = ModbusDriver(far, lines.for_device(far))
+            await far_driver.line.connect()
+            before = far_driver.health().requests
+            blocks = await far_driver.read_blocks(far.points)
+            asked = far_driver.health().requests - before
+            handoff = Handoff(100_000, PipelineStats())
+            runners = [
+                DeviceRunner(d, ModbusDriver(d, lines.for_device(d)), handoff) for d in (near, far)
+            ]
+            tasks = [asyncio.create_task(r.run()) for r in runners]
+            await asyncio.sleep(1.5)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            samples = []
+            while not handoff.queue.empty():
+                batch = handoff.queue.get_nowait()
+                if batch.kind == "metrics":
+                    samples.extend(batch.records)
+            opens = lines.for_device(near).opens
+            lines.close()
+            assert [b.error for b in blocks] == [
+                "exception 11 (gateway target did not respond)",
+                "not asked: the unit did not answer the previous request of this poll",
+                "not asked: the unit did not answer the previous request of this poll",
+            ]
+            return samples, asked, opens
+
+        samples, asked, opens = run(scenario())
+    assert asked == 1, "one request tells; the other two blocks are not sent"
+    near_samples = [s for s in samples if s.point == "near.x"]
+    assert near_samples and all(s.value == 42 for s in near_samples)
+    far_reasons = {s.reason for s in samples if s.point.startswith("far.")}
+    assert "unit 5 does not answer (other units on the line do)" in far_reasons
+    assert opens == 1
