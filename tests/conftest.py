@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -19,6 +20,9 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from agent.model import Sample
+from agent.settings import ModbusDevice
+from drivers.modbus.line import ModbusLines
 from drivers.simulate.broker import LocalBroker, free_port
 from drivers.simulate.modbus import SimulatedModbusServer, Transport
 from drivers.simulate.serial_line import PtyPair
@@ -304,3 +308,28 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     outcome = yield
     report = outcome.get_result()  # type: ignore[attr-defined]
     setattr(item, f"rep_{report.when}", report)
+
+
+async def run_devices(
+    devices: Sequence[ModbusDevice], seconds: float, lines: ModbusLines | None = None
+) -> list[Sample]:
+    """Poll the devices as the agent does, one task each on shared lines, for `seconds`;
+    return every sample they produced. The lines are closed afterwards."""
+    from agent.pipeline import DeviceRunner, Handoff, PipelineStats
+    from drivers.modbus.client import ModbusDriver
+
+    lines = lines if lines is not None else ModbusLines()
+    handoff = Handoff(100_000, PipelineStats())
+    runners = [DeviceRunner(d, ModbusDriver(d, lines.for_device(d)), handoff) for d in devices]
+    tasks = [asyncio.create_task(runner.run()) for runner in runners]
+    await asyncio.sleep(seconds)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    lines.close()
+    samples: list[Sample] = []
+    while not handoff.queue.empty():
+        batch = handoff.queue.get_nowait()
+        if batch.kind == "metrics":
+            samples.extend(batch.records)  # type: ignore[arg-type]
+    return samples

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
@@ -204,6 +204,10 @@ class ModbusLines:
             line.check_compatible(device)
         line.units += 1
         return line
+
+    def __iter__(self) -> Iterator[ModbusLine]:
+        """The lines made so far."""
+        return iter(list(self._lines.values()))
 
     def close(self) -> None:
         """Close every line."""

@@ -15,7 +15,7 @@ from drivers.base import Unsupported
 from drivers.modbus.client import ModbusDriver
 from drivers.modbus.codec import encode
 from drivers.simulate.modbus import SimulatedModbusServer
-from tests.conftest import modbus_device
+from tests.conftest import modbus_device, run_devices
 
 ORDERS = ["ABCD", "CDAB", "BADC", "DCBA"]
 # Values whose bytes are all different, negative numbers, extremes and non-finite floats: an
@@ -376,7 +376,6 @@ def encode_text(text: str) -> list[int]:
 
 
 def test_a_dead_unit_does_not_close_the_connection_it_shares_with_a_live_one():
-    from agent.pipeline import DeviceRunner, Handoff, PipelineStats
     from drivers.modbus.line import ModbusLines
 
     with SimulatedModbusServer(0, unit_ids=(1,)) as server:
@@ -399,26 +398,9 @@ def test_a_dead_unit_does_not_close_the_connection_it_shares_with_a_live_one():
         )
         lines = ModbusLines()
 
-        async def scenario() -> tuple[list[Any], int]:
-            handoff = Handoff(100_000, PipelineStats())
-            runners = [
-                DeviceRunner(d, ModbusDriver(d, lines.for_device(d)), handoff) for d in (live, dead)
-            ]
-            tasks = [asyncio.create_task(r.run()) for r in runners]
-            await asyncio.sleep(3.5)
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            samples = []
-            while not handoff.queue.empty():
-                batch = handoff.queue.get_nowait()
-                if batch.kind == "metrics":
-                    samples.extend(batch.records)
-            opens = lines.for_device(live).opens
-            lines.close()
-            return samples, opens
-
-        samples, opens = run(scenario())
+        samples = run(run_devices([live, dead], 3.5, lines))
+        [line] = lines
+        opens = line.opens
     live_samples = [s for s in samples if s.point == "live.x"]
     assert len(live_samples) >= 3
     assert all(s.quality is Quality.GOOD and s.value == 99 for s in live_samples)
@@ -431,7 +413,6 @@ def test_a_unit_its_gateway_cannot_reach_is_silent_and_its_neighbour_keeps_readi
     # serial device is gone: the rest of unit 5's poll is skipped (each request would cost the
     # gateway's own serial timeout), unit 5 is reported as not answering and backs off, and the
     # connection stays open for unit 1.
-    from agent.pipeline import DeviceRunner, Handoff, PipelineStats
     from drivers.modbus.line import ModbusLines
 
     with SimulatedModbusServer(0, unit_ids=(1,), unreachable_behind_gateway=(5,)) as gateway:
@@ -456,22 +437,9 @@ def test_a_unit_its_gateway_cannot_reach_is_silent_and_its_neighbour_keeps_readi
             before = far_driver.health().requests
             blocks = await far_driver.read_blocks(far.points)
             asked = far_driver.health().requests - before
-            handoff = Handoff(100_000, PipelineStats())
-            runners = [
-                DeviceRunner(d, ModbusDriver(d, lines.for_device(d)), handoff) for d in (near, far)
-            ]
-            tasks = [asyncio.create_task(r.run()) for r in runners]
-            await asyncio.sleep(1.5)
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            samples = []
-            while not handoff.queue.empty():
-                batch = handoff.queue.get_nowait()
-                if batch.kind == "metrics":
-                    samples.extend(batch.records)
-            opens = lines.for_device(near).opens
-            lines.close()
+            samples = await run_devices([near, far], 1.5, lines)
+            [line] = lines
+            opens = line.opens
             assert [b.error for b in blocks] == [
                 "exception 11 (gateway target did not respond)",
                 "not asked: the unit did not answer the previous request of this poll",

@@ -15,7 +15,7 @@ from agent.model import Quality, Sample
 from agent.pipeline import DeviceRunner, Handoff, PipelineStats
 from agent.settings import ModbusDevice, ModbusRtuDevice, ModbusRtuOverTcpDevice
 from drivers.modbus.client import ModbusDriver
-from drivers.modbus.line import ModbusLines
+from tests.conftest import run_devices
 
 INTERVAL = 0.2
 RUN_SECONDS = 4.0
@@ -39,25 +39,6 @@ def rtu_device(port: str, unit: int, **settings: Any) -> ModbusRtuDevice:
             **settings,
         }
     )
-
-
-async def run_devices(devices: list[ModbusDevice], seconds: float) -> list[Sample]:
-    """Poll the devices as the agent does, one task each on shared lines; return all samples."""
-    handoff = Handoff(100_000, PipelineStats())
-    lines = ModbusLines()
-    runners = [DeviceRunner(d, ModbusDriver(d, lines.for_device(d)), handoff) for d in devices]
-    tasks = [asyncio.create_task(runner.run()) for runner in runners]
-    await asyncio.sleep(seconds)
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    lines.close()
-    samples: list[Sample] = []
-    while not handoff.queue.empty():
-        batch = handoff.queue.get_nowait()
-        if batch.kind == "metrics":
-            samples.extend(batch.records)  # type: ignore[arg-type]
-    return samples
 
 
 def test_three_units_on_one_line_one_dead_the_others_keep_their_rate(
