@@ -40,7 +40,7 @@ test: install lint typecheck
 	$(BIN)/pytest -q
 
 bench: install
-	$(BIN)/python -m bench.modbus_500 --check --duration 60
+	$(BIN)/python -m bench.modbus_500 --check --duration 90 --rounds 3
 	$(BIN)/python -m bench.modbus_planner --check --duration 60
 
 clean:

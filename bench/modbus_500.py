@@ -34,6 +34,7 @@ import json
 import os
 import platform
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -395,10 +396,12 @@ def run_one(
     server_pid: int,
     workdir: Path,
     args: argparse.Namespace,
+    duration: float,
+    round_number: int = 1,
 ) -> RunResult:
     interval = workload.agent_interval if subject == "agent" else workload.bare_interval
     result = RunResult(workload.name, subject, interval)
-    ident = f"{subject}-{workload.name}"
+    ident = f"{subject}-{workload.name}-{round_number}"
     topic = f"{TOPIC_PREFIX}/{ident}/metrics/#"
     log = workdir / f"{ident}.log"
     try:
@@ -440,11 +443,53 @@ def run_one(
                 server_pid=server_pid,
                 log=log,
                 warmup=args.warmup,
-                duration=args.duration,
+                duration=duration,
             )
     except Exception as exc:
         result.error = str(exc) or type(exc).__name__
     return result
+
+
+def combine(runs: list[RunResult]) -> RunResult:
+    """One result from a subject's rounds: totals over all windows (CPU per point is total CPU
+    over total points), the largest RSS, the median round's latencies and start time."""
+    first = runs[0]
+    failed = [run.error for run in runs if run.error]
+    window = sum(run.window_s for run in runs)
+    points = sum(run.points for run in runs)
+    messages = sum(run.messages for run in runs)
+    cpu = sum(run.cpu_s for run in runs)
+
+    def median_of(name: str) -> float | None:
+        values = [getattr(run, name) for run in runs if getattr(run, name) is not None]
+        return statistics.median(values) if values else None
+
+    maxima = [run.latency_max_ms for run in runs if run.latency_max_ms is not None]
+    return RunResult(
+        workload=first.workload,
+        subject=first.subject,
+        interval_s=first.interval_s,
+        error=failed[0] if failed else None,
+        window_s=round(window, 1),
+        points=points,
+        bad_points=sum(run.bad_points for run in runs),
+        messages=messages,
+        unreadable_messages=sum(run.unreadable_messages for run in runs),
+        points_per_s=round(points / window, 1) if window else 0.0,
+        messages_per_s=round(messages / window, 1) if window else 0.0,
+        cpu_s=round(cpu, 2),
+        cpu_s_per_1000_points=round(cpu / points * 1000, 5) if points else None,
+        cpu_percent=round(cpu / window * 100, 1) if window else 0.0,
+        peak_rss_mib=max(run.peak_rss_mib for run in runs),
+        rss_mib=max(run.rss_mib for run in runs),
+        latency_p50_ms=median_of("latency_p50_ms"),
+        latency_p95_ms=median_of("latency_p95_ms"),
+        latency_max_ms=max(maxima) if maxima else None,
+        first_message_s=median_of("first_message_s"),
+        server_cpu_percent=round(statistics.fmean(r.server_cpu_percent for r in runs), 1),
+        broker_cpu_percent=round(statistics.fmean(r.broker_cpu_percent for r in runs), 1),
+        loadavg=runs[-1].loadavg,
+    )
 
 
 # -- report ------------------------------------------------------------------------------------
@@ -569,7 +614,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.modbus_500", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("--duration", type=float, default=20.0, help="seconds measured per run")
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=20.0,
+        help="seconds measured per subject and workload, split over the rounds",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="agent/bare turns per workload, alternating which goes first (default 3)",
+    )
     parser.add_argument(
         "--warmup",
         type=float,
@@ -594,6 +650,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
 
     results: dict[str, dict[str, RunResult]] = {}
+    round_ratios: dict[str, list[float | None]] = {}
     code = code_version()
     dirty = f", {len(code['changed_files'])} agent files changed" if code["changed_files"] else ""
     console.print(f"[dim]Agent code: commit {code['commit']}{dirty}.[/]")
@@ -605,21 +662,34 @@ def main(argv: list[str] | None = None) -> int:
             server_port = free_port()
             with modbus_server(server_port, workdir / "modbus-server.log") as server:
                 for workload in WORKLOADS:
-                    pair: dict[str, RunResult] = {}
-                    for subject in ("agent", "bare"):
-                        console.print(
-                            f"[dim]{workload.name}: {subject} "
-                            f"({args.warmup:g} s warm-up + {args.duration:g} s)...[/]"
-                        )
-                        pair[subject] = run_one(
-                            workload,
-                            subject,
-                            server_port=server_port,
-                            server_pid=server.pid,
-                            workdir=workdir,
-                            args=args,
-                        )
-                    results[workload.name] = pair
+                    runs: dict[str, list[RunResult]] = {"agent": [], "bare": []}
+                    share = args.duration / args.rounds
+                    for number in range(1, args.rounds + 1):
+                        # Alternating order, so that a machine that slows down or speeds up
+                        # during the benchmark favours neither subject.
+                        order = ("agent", "bare") if number % 2 else ("bare", "agent")
+                        for subject in order:
+                            console.print(
+                                f"[dim]{workload.name} round {number}/{args.rounds}: {subject} "
+                                f"({args.warmup:g} s warm-up + {share:g} s)...[/]"
+                            )
+                            runs[subject].append(
+                                run_one(
+                                    workload,
+                                    subject,
+                                    server_port=server_port,
+                                    server_pid=server.pid,
+                                    workdir=workdir,
+                                    args=args,
+                                    duration=share,
+                                    round_number=number,
+                                )
+                            )
+                    results[workload.name] = {s: combine(r) for s, r in runs.items()}
+                    round_ratios[workload.name] = [
+                        ratio(agent.cpu_s_per_1000_points, bare.cpu_s_per_1000_points)
+                        for agent, bare in zip(runs["agent"], runs["bare"], strict=True)
+                    ]
     except BrokerNotFound as exc:
         console.print(f"[red]{exc}[/]")
         return 2
@@ -629,12 +699,17 @@ def main(argv: list[str] | None = None) -> int:
 
     checks = [check for pair in results.values() for check in check_targets(**pair)]
     report(results, checks, console)
+    for name, ratios in round_ratios.items():
+        shown = ", ".join("-" if value is None else f"{value:.2f}" for value in ratios)
+        console.print(f"{name}: agent/bare CPU per 1,000 points in each round: {shown}")
 
     document = {
         "benchmark": "modbus_500",
         "workload": f"{POINTS} float32 tags on one Modbus unit (holding 0..{2 * POINTS - 1}, "
         "ABCD); agent vs bare pymodbus + paho, QoS 1",
         "duration_s": args.duration,
+        "rounds": args.rounds,
+        "round_cpu_ratios": round_ratios,
         "warmup_s": args.warmup,
         "commit_interval_s": args.commit_interval,
         "wall_s": round(time.monotonic() - began, 1),
