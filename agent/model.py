@@ -55,16 +55,16 @@ class Sample(NamedTuple):
     def to_json(self) -> str:
         """`to_wire()` as compact JSON, built directly: several times faster than json.dumps."""
         value = self.value
-        if value is None:
+        if value.__class__ is float:  # the common case first; bool is not a float
+            # repr() is the shortest round-trip form, as json.dumps writes it; non-finite
+            # floats never get here (drivers turn them into BAD samples).
+            value_json = repr(value) if _isfinite(value) else "null"
+        elif value is None:
             value_json = "null"
         elif value is True:
             value_json = "true"
         elif value is False:
             value_json = "false"
-        elif isinstance(value, float):
-            # repr() is the shortest round-trip form, as json.dumps writes it; non-finite
-            # floats never get here (drivers turn them into BAD samples).
-            value_json = repr(value) if math.isfinite(value) else "null"
         elif isinstance(value, int):
             value_json = str(value)
         else:
@@ -72,8 +72,13 @@ class Sample(NamedTuple):
         reason = f',"r":{json.dumps(self.reason, ensure_ascii=False)}' if self.reason else ""
         return (
             f'{{"p":{_json_name(self.point)},"v":{value_json},'
-            f'"q":"{self.quality.value}"{reason},"ts":{self.ts}}}'
+            f'"q":"{_QUALITY_TEXT[self.quality]}"{reason},"ts":{self.ts}}}'
         )
+
+
+# A dict lookup instead of the Enum's `.value` descriptor: a quarter of to_json's time.
+_QUALITY_TEXT = {quality: quality.value for quality in Quality}
+_isfinite = math.isfinite
 
 
 @functools.lru_cache(maxsize=65536)
