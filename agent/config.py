@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import sys
 import types
 import typing
 from collections.abc import Iterable, Sequence
@@ -41,8 +42,18 @@ __all__ = [
     "profile_path",
 ]
 
-# The shipped profiles: data files in the repository's config/profiles.
-PROFILES_DIR = Path(__file__).resolve().parent.parent / "config" / "profiles"
+
+
+def _shipped_profiles() -> Path:
+    """config/profiles of a source checkout, else where a wheel installs them
+    (`{prefix}/share/shopfloor-agent/profiles`, see pyproject.toml)."""
+    checkout = Path(__file__).resolve().parent.parent / "config" / "profiles"
+    installed = Path(sys.prefix) / "share" / "shopfloor-agent" / "profiles"
+    return checkout if checkout.is_dir() or not installed.is_dir() else installed
+
+
+# The shipped profiles: data files, one YAML file per meter model.
+PROFILES_DIR = _shipped_profiles()
 
 Loc = tuple[str | int, ...]
 
