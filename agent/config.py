@@ -43,7 +43,6 @@ __all__ = [
 ]
 
 
-
 def _shipped_profiles() -> Path:
     """config/profiles of a source checkout, else where a wheel installs them
     (`{prefix}/share/shopfloor-agent/profiles`, see pyproject.toml)."""
