@@ -20,6 +20,7 @@ from agent import __version__
 if TYPE_CHECKING:
     from agent.settings import Config
     from drivers.simulate.modbus import SimulatedModbusServer
+    from drivers.simulate.opcua import SimulatedOpcUaServer
 
 __all__ = ["main"]
 
@@ -195,7 +196,12 @@ def _parser() -> argparse.ArgumentParser:
         "  shopfloor simulate modbus --transport rtu --serial /tmp/sim --baudrate 19200\n"
         "    (the agent then reads serial_port: /tmp/agent, baudrate: 19200)"
     )
-    simulate.add_argument("protocol", choices=["modbus"], help="the protocol to serve")
+    simulate.add_argument(
+        "protocol",
+        choices=["modbus", "opcua"],
+        help="modbus: a press line, a meter or a meter profile; opcua: a packaging line "
+        "(OPC UA, security None, needs the opcua extra)",
+    )
     simulate.add_argument(
         "--device",
         choices=["press-line", "meter"],
@@ -383,6 +389,8 @@ def _unit_ids(text: str) -> list[int]:
 def _simulate(args: argparse.Namespace) -> int:
     from drivers.simulate.modbus import METER_MAP, PRESS_LINE_MAP, build_simulator
 
+    if args.protocol == "opcua":
+        return _simulate_opcua(args)
     if args.transport == "rtu" and not args.serial:
         print("--transport rtu needs --serial PATH, e.g. --serial /dev/ttyUSB0", file=sys.stderr)
         return EXIT_CONFIG
@@ -410,6 +418,26 @@ def _simulate(args: argparse.Namespace) -> int:
     print(f"Simulated {args.device} serving {server.describe()}, {_units_text(server.unit_ids)}.")
     for name, table, address, value_type, order, unit in register_map:
         print(f"  {table + ':' + str(address):<14} {value_type:<8} {order}  {name} ({unit})")
+    return _serve_until_stopped(server)
+
+
+def _simulate_opcua(args: argparse.Namespace) -> int:
+    try:
+        from drivers.simulate.opcua import NAMESPACE_URI, PACKAGING_LINE, SimulatedOpcUaServer
+    except ImportError:
+        print("OPC UA needs the opcua extra: pip install 'shopfloor-agent[opcua]'", file=sys.stderr)
+        return EXIT_FAILED
+    server = SimulatedOpcUaServer(args.port, host=args.host, changing=True)
+    try:
+        server.start()
+    except OSError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_FAILED
+    print(f"Simulated packaging line serving OPC UA on {server.endpoint}.")
+    print(f"  namespace {NAMESPACE_URI} (index {server.namespace_index})")
+    for variable in PACKAGING_LINE:
+        unit = f" ({variable.unit})" if variable.unit else ""
+        print(f"  {server.node_id(variable.path):<28} {variable.variant_type.name}{unit}")
     return _serve_until_stopped(server)
 
 
@@ -463,7 +491,7 @@ def _simulate_profile(args: argparse.Namespace) -> int:
     return _serve_until_stopped(server)
 
 
-def _serve_until_stopped(server: SimulatedModbusServer) -> int:
+def _serve_until_stopped(server: SimulatedModbusServer | SimulatedOpcUaServer) -> int:
     import threading
 
     print("Ctrl-C stops it.", flush=True)
