@@ -16,10 +16,9 @@ import contextlib
 import logging
 import math
 import random
-import threading
 import time
-from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, Literal, TypeVar, cast
+from collections.abc import Callable, Sequence
+from typing import Literal, TypeVar, cast
 
 from pymodbus.framer import FramerType
 from pymodbus.pdu import ExceptionResponse, ModbusPDU
@@ -28,6 +27,7 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 
 from agent.settings import ModbusTable, ModbusType, WordOrder
 from drivers.modbus.codec import encode
+from drivers.simulate.threaded import ThreadedServer
 
 __all__ = [
     "METER_MAP",
@@ -148,7 +148,7 @@ def meter_model(seed: int = 11) -> Model:
     return values
 
 
-class SimulatedModbusServer:
+class SimulatedModbusServer(ThreadedServer):
     """A real Modbus server whose registers a model (or a test) writes.
 
     `transport` picks the wire: "tcp" serves Modbus TCP on `host:port`; "rtu_tcp" serves RTU
@@ -164,6 +164,8 @@ class SimulatedModbusServer:
     absent from the bus: the client times out. `start()` and `stop()` may be called repeatedly
     to simulate a device going away; register contents survive it.
     """
+
+    thread_name = "modbus-sim"
 
     def __init__(
         self,
@@ -184,6 +186,7 @@ class SimulatedModbusServer:
         unreachable_behind_gateway: Sequence[int] = (),
     ) -> None:
         _check_transport(transport, serial_port, unit_ids)
+        super().__init__()
         self.host = host
         self.port = port
         self.unit_ids = tuple(unit_ids)
@@ -204,12 +207,7 @@ class SimulatedModbusServer:
         # gets exception 11, "gateway target device failed to respond".
         self.unreachable_behind_gateway = tuple(unreachable_behind_gateway)
         self._gateway_requests: dict[int, int] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._server: ModbusTcpServer | ModbusSerialServer | None = None
-        self._thread: threading.Thread | None = None
-        self._stopping: asyncio.Event | None = None
-        self._started = threading.Event()
-        self._start_error: BaseException | None = None
         # Register contents survive stop/start like a real device's memory.
         self._memory: dict[tuple[int, str, int], list[int] | list[bool]] = {}
 
@@ -220,38 +218,6 @@ class SimulatedModbusServer:
             return f"Modbus RTU on {self.serial_port} ({frame})"
         name = "Modbus RTU over TCP" if self.transport == "rtu_tcp" else "Modbus TCP"
         return f"{name} on {self.host}:{self.port}"
-
-    def start(self) -> None:
-        """Listen (returns once the server accepts connections or serial requests).
-
-        Raises OSError when the port is taken or the serial device cannot be opened.
-        """
-        if self._thread is not None:
-            return
-        self._started.clear()
-        self._start_error = None
-        self._thread = threading.Thread(target=self._thread_main, name="modbus-sim", daemon=True)
-        self._thread.start()
-        self._started.wait(10)
-        if self._start_error is not None:
-            self._thread.join(5)
-            self._thread = None
-            raise self._start_error
-
-    def stop(self) -> None:
-        """Close the server and every client connection (or the serial port)."""
-        if self._thread is None or self._loop is None or self._stopping is None:
-            return
-        self._loop.call_soon_threadsafe(self._stopping.set)
-        self._thread.join(10)
-        self._thread = None
-
-    def __enter__(self) -> SimulatedModbusServer:
-        self.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop()
 
     def set_registers(
         self, table: ModbusTable, address: int, values: list[int] | list[bool], unit: int = 1
@@ -290,19 +256,6 @@ class SimulatedModbusServer:
         if unit not in self.unit_ids:
             units = ", ".join(map(str, self.unit_ids))
             raise ValueError(f"unit {unit} is not simulated here (units {units})")
-
-    def _call(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        if self._loop is None:
-            coroutine.close()  # never awaited: close it to avoid a RuntimeWarning
-            raise RuntimeError("the simulated server is not running")
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(5)
-
-    def _thread_main(self) -> None:
-        try:
-            asyncio.run(self._serve())
-        except Exception as exc:  # noqa: BLE001 (handed to start(), which raises it)
-            self._start_error = exc
-            self._started.set()
 
     def _make_server(self, devices: list[SimDevice]) -> ModbusTcpServer | ModbusSerialServer:
         # pymodbus's hint says the hook returns a PDU; returning None drops the request.
@@ -350,8 +303,7 @@ class SimulatedModbusServer:
         return None
 
     async def _serve(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stopping = asyncio.Event()
+        assert self._stopping is not None
         devices = [
             SimDevice(
                 id=unit,
@@ -380,7 +332,7 @@ class SimulatedModbusServer:
         self._server = server
         for (unit, table, start), values in self._memory.items():
             await server.async_setValues(unit, _FUNCTION_CODE[table], start, values)
-        self._started.set()
+        self._ready()
         began = time.monotonic()
         try:
             while not self._stopping.is_set():

@@ -17,14 +17,14 @@ import contextlib
 import datetime as dt
 import logging
 import math
-import threading
 import time
-from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from asyncua import ua
 from asyncua.server.server import Server
+
+from drivers.simulate.threaded import ThreadedServer
 
 __all__ = ["NAMESPACE_URI", "PACKAGING_LINE", "SimulatedOpcUaServer", "SimulatedVariable"]
 
@@ -32,8 +32,6 @@ NAMESPACE_URI = "urn:shopfloor-agent:simulated:packaging-line"
 
 # asyncua logs every client connect and disconnect at INFO and some at WARNING.
 logging.getLogger("asyncua").setLevel(logging.ERROR)
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,12 +68,15 @@ PACKAGING_LINE: tuple[SimulatedVariable, ...] = (
 )
 
 
-class SimulatedOpcUaServer:
+class SimulatedOpcUaServer(ThreadedServer):
     """A packaging-line OPC UA server on `opc.tcp://127.0.0.1:port` (security None, anonymous).
 
     `start()` and `stop()` may be called repeatedly to simulate a PLC going away; values survive
     a restart. With `changing=True` speed, level, counter and temperature move every `tick`.
     """
+
+    thread_name = "opcua-sim"
+    start_timeout_s = 30.0
 
     def __init__(
         self,
@@ -86,6 +87,7 @@ class SimulatedOpcUaServer:
         tick: float = 0.1,
         shift_namespace: int = 0,
     ) -> None:
+        super().__init__()
         self.host = host
         self.port = port
         self.changing = changing
@@ -94,11 +96,6 @@ class SimulatedOpcUaServer:
         self.namespace_index: int | None = None
         self._values: dict[str, Any] = {v.path: v.initial for v in PACKAGING_LINE}
         self._nodes: dict[str, Any] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._stopping: asyncio.Event | None = None
-        self._started = threading.Event()
-        self._start_error: BaseException | None = None
 
     @property
     def endpoint(self) -> str:
@@ -111,35 +108,6 @@ class SimulatedOpcUaServer:
             raise RuntimeError("the server has not been started")
         return f"ns={self.namespace_index};s={path}"
 
-    def start(self) -> None:
-        """Listen; returns once the server accepts connections. Raises OSError if it cannot."""
-        if self._thread is not None:
-            return
-        self._started.clear()
-        self._start_error = None
-        self._thread = threading.Thread(target=self._thread_main, name="opcua-sim", daemon=True)
-        self._thread.start()
-        self._started.wait(30)
-        if self._start_error is not None:
-            self._thread.join(5)
-            self._thread = None
-            raise OSError(f"cannot serve OPC UA on {self.endpoint}: {self._start_error}")
-
-    def stop(self) -> None:
-        """Close the server and every session."""
-        if self._thread is None or self._loop is None or self._stopping is None:
-            return
-        self._loop.call_soon_threadsafe(self._stopping.set)
-        self._thread.join(15)
-        self._thread = None
-
-    def __enter__(self) -> SimulatedOpcUaServer:
-        self.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop()
-
     def set_value(self, path: str, value: Any) -> None:
         """Write a variable's value (with the server's time as its source timestamp)."""
         self._values[path] = value
@@ -151,22 +119,17 @@ class SimulatedOpcUaServer:
 
     # -- the server thread ---------------------------------------------------------------------
 
-    def _call(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        if self._loop is None:
-            coroutine.close()
-            raise RuntimeError("the simulated server is not running")
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(10)
-
-    def _thread_main(self) -> None:
+    def start(self) -> None:
+        """Listen; returns once the server accepts connections. Raises OSError if it cannot."""
         try:
-            asyncio.run(self._serve())
-        except Exception as exc:  # noqa: BLE001 (handed to start(), which raises it)
-            self._start_error = exc
-            self._started.set()
+            super().start()
+        except OSError:
+            raise
+        except Exception as exc:  # asyncua's own errors: one message for all
+            raise OSError(f"cannot serve OPC UA on {self.endpoint}: {exc}") from exc
 
     async def _serve(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stopping = asyncio.Event()
+        assert self._stopping is not None
         server = Server()
         await server.init()
         server.set_endpoint(self.endpoint)
@@ -195,7 +158,7 @@ class SimulatedOpcUaServer:
             await node.set_writable()
             self._nodes[variable.path] = node
         await server.start()
-        self._started.set()
+        self._ready()
         began = time.monotonic()
         try:
             while not self._stopping.is_set():
