@@ -18,7 +18,8 @@ from agent.outbox import Outbox
 from agent.pipeline import DeviceRunner, Handoff, OutboxWriter, PipelineStats
 from agent.publish.mqtt import MqttPublisher
 from agent.publish.payload import Topics, max_message_body
-from agent.settings import Config
+from agent.settings import AnyDevice, Config, OpcUaDevice
+from drivers.base import PolledDriver
 from drivers.modbus.client import ModbusDriver
 from drivers.modbus.line import ModbusLines
 
@@ -99,7 +100,7 @@ class Agent:
         # Devices on one TCP endpoint or serial port share its line and take turns on it.
         self.lines = ModbusLines()
         self.runners = [
-            DeviceRunner(device, ModbusDriver(device, self.lines.for_device(device)), self.handoff)
+            DeviceRunner(device, self._driver_for(device), self.handoff)
             for device in config.devices
         ]
         self.writer = OutboxWriter(
@@ -109,6 +110,14 @@ class Agent:
             on_new=self.publisher.notify,
             max_body=max_message_body(config.mqtt.max_payload_bytes),
         )
+
+    def _driver_for(self, device: AnyDevice) -> PolledDriver:
+        if isinstance(device, OpcUaDevice):
+            # asyncua costs about 30 MiB: loaded only when a device needs it.
+            from drivers.opcua.client import OpcUaDriver
+
+            return OpcUaDriver(device)
+        return ModbusDriver(device, self.lines.for_device(device))
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set, then flush the outbox, say offline and close.

@@ -21,10 +21,9 @@ from agent.buffer import LiveBuffer
 from agent.model import Event, Quality, Sample, now_ms
 from agent.outbox import PendingRow
 from agent.publish.payload import utf8_size
-from agent.settings import ModbusDevice, OutboxSettings
+from agent.settings import AnyDevice, ModbusPoint, OpcUaPoint, OutboxSettings
 from agent.transforms import TransformChain
-from drivers.base import NotConnected
-from drivers.modbus.client import ModbusDriver
+from drivers.base import NotConnected, PolledDriver
 
 __all__ = ["Batch", "DeviceRunner", "OutboxWriter", "PipelineStats", "backoff_delay", "encode_rows"]
 
@@ -93,12 +92,12 @@ class Handoff:
 class DeviceRunner:
     """Polls one device at its interval, forever, reconnecting with backoff when it is gone."""
 
-    def __init__(self, device: ModbusDevice, driver: ModbusDriver, handoff: Handoff) -> None:
+    def __init__(self, device: AnyDevice, driver: PolledDriver, handoff: Handoff) -> None:
         self.device = device
         self.driver = driver
         self.handoff = handoff
         self.transforms = TransformChain(device.points)
-        self._points = list(device.points)
+        self._points: list[ModbusPoint | OpcUaPoint] = list(device.points)
         self._connected = False
         self._down_since: int | None = None
         self._error = "not connected yet"

@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from agent.model import Value
-from agent.settings import Config, ModbusDevice, ModbusPoint, WordOrder
+from agent.settings import Config, ModbusDevice, ModbusPoint, OpcUaDevice, WordOrder
 from agent.transforms import scaled
 from drivers.base import NotConnected
 from drivers.modbus.client import ModbusDriver
@@ -69,8 +69,17 @@ async def read_points(config: Config, point_ids: Sequence[str], *, all_orders: b
         return 2
     for point_id in dict.fromkeys(point_ids):
         device = known[point_id]
+        if isinstance(device, OpcUaDevice):
+            print(
+                f"{point_id} is on OPC UA device {device.name}: `shopfloor read` reads Modbus "
+                "points only so far",
+                file=sys.stderr,
+            )
+            return 2
         devices[device.name] = device
-        wanted.setdefault(device.name, []).extend(p for p in device.points if p.id == point_id)
+        wanted.setdefault(device.name, []).extend(
+            p for p in device.points if p.id == point_id and isinstance(p, ModbusPoint)
+        )
 
     readings: dict[str, _Reading] = {}
     for name, points in wanted.items():

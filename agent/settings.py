@@ -26,6 +26,8 @@ __all__ = [
     "ModbusRtuOverTcpDevice",
     "ModbusTcpDevice",
     "MqttSettings",
+    "OpcUaDevice",
+    "OpcUaPoint",
     "OutboxSettings",
     "parse_duration",
     "parse_modbus_address",
@@ -489,13 +491,84 @@ class ModbusRtuDevice(_ModbusDevice):
 
 
 ModbusDevice = ModbusTcpDevice | ModbusRtuOverTcpDevice | ModbusRtuDevice
-DeviceSettings = Annotated[ModbusDevice, Field(discriminator="driver")]
+
+_NODE_ID = re.compile(r"^(nsu=[^;]+;|ns=\d+;)?(i=\d+|s=.+|g=[0-9a-fA-F-]{36}|b=.+)$")
+
+
+def _check_node_id(text: str) -> str:
+    if not _NODE_ID.match(text):
+        raise ValueError(
+            "expected an OPC UA node id such as ns=2;s=Line1.Temp, ns=3;i=1001, "
+            f"nsu=urn:vendor:plc;s=Line1.Temp, g=<GUID> or b=<opaque>; got {text!r}"
+        )
+    return text
+
+
+class OpcUaPoint(_Strict):
+    """One variable read from an OPC UA server."""
+
+    id: Annotated[str, Field(max_length=200), AfterValidator(_check_name)]
+    # A namespace URI (nsu=) is resolved to its index at every connect, so a server whose
+    # namespace indexes move after an update still maps correctly.
+    node: Annotated[str, AfterValidator(_check_node_id)]
+    scale: Annotated[float, AfterValidator(_check_scale)] = 1.0
+    offset: float = 0.0
+    unit: str | None = None
+    description: str | None = None
+    deadband: Annotated[float, Field(ge=0)] | None = None
+    deadband_percent: Annotated[float, Field(gt=0, le=100)] | None = None
+    heartbeat: Annotated[Seconds, _duration(0.1, 86400)] | None = None
+
+    @model_validator(mode="after")
+    def _deadband_rules(self) -> OpcUaPoint:
+        if self.deadband is not None and self.deadband_percent is not None:
+            raise FieldError("deadband_percent", "give deadband or deadband_percent, not both")
+        if self.heartbeat is not None and self.deadband is None and self.deadband_percent is None:
+            raise FieldError(
+                "heartbeat",
+                "heartbeat only matters with a deadband: without one every poll is published",
+            )
+        return self
+
+
+def _check_endpoint(url: str) -> str:
+    if not re.match(r"^opc\.tcp://[^\s/:]+(:\d{1,5})?(/\S*)?$", url):
+        raise ValueError(f"expected an endpoint such as opc.tcp://10.0.0.5:4840, got {url!r}")
+    return url
+
+
+class OpcUaDevice(_Strict):
+    """An OPC UA server (a PLC or an edge server), polled: one read request per interval.
+
+    Subscriptions, security and browse paths come with the rest of issue 4.
+    """
+
+    name: Name
+    driver: Literal["opcua"]
+    endpoint: Annotated[str, AfterValidator(_check_endpoint)]
+    mode: Literal["polling"] = "polling"
+    interval: Annotated[Seconds, _duration(0.05, 86400)] = 1.0
+    timeout: Annotated[Seconds, _duration(0.1, 60)] = 4.0
+    # A source timestamp further than this from the agent's clock is not trusted: the sample
+    # then carries the time the agent received it.
+    max_clock_skew: Annotated[Seconds, _duration(0, 86400)] = 300.0
+    reconnect_max: Annotated[Seconds, _duration(0.1, 600)] = 10.0
+    points: Annotated[list[OpcUaPoint], Field(min_length=1)]
+
+
+AnyDevice = ModbusDevice | OpcUaDevice
+DeviceSettings = Annotated[AnyDevice, Field(discriminator="driver")]
 _DEVICE_CLASSES: dict[
-    str, type[ModbusTcpDevice] | type[ModbusRtuOverTcpDevice] | type[ModbusRtuDevice]
+    str,
+    type[ModbusTcpDevice]
+    | type[ModbusRtuOverTcpDevice]
+    | type[ModbusRtuDevice]
+    | type[OpcUaDevice],
 ] = {
     "modbus_tcp": ModbusTcpDevice,
     "modbus_rtu_tcp": ModbusRtuOverTcpDevice,
     "modbus_rtu": ModbusRtuDevice,
+    "opcua": OpcUaDevice,
 }
 
 
@@ -527,7 +600,12 @@ class Config(_Strict):
                 _DEVICE_CLASSES[device["driver"]].model_construct(
                     **{
                         **paths(device, "serial_port"),
-                        "points": [ModbusPoint.model_construct(**p) for p in device["points"]],
+                        "points": [
+                            (
+                                OpcUaPoint if device["driver"] == "opcua" else ModbusPoint
+                            ).model_construct(**p)
+                            for p in device["points"]
+                        ],
                     }
                 )
                 for device in data["devices"]

@@ -6,7 +6,7 @@ import math
 from collections.abc import Iterable, Sequence
 
 from agent.model import Quality, Sample, Value
-from agent.settings import ModbusPoint
+from agent.settings import ModbusPoint, OpcUaPoint
 
 __all__ = ["PointTransform", "TransformChain", "scaled"]
 
@@ -65,7 +65,7 @@ class PointTransform:
         self.last_sent_ms = 0
 
     @classmethod
-    def for_point(cls, point: ModbusPoint) -> PointTransform:
+    def for_point(cls, point: ModbusPoint | OpcUaPoint) -> PointTransform:
         """Build from a point's configuration."""
         return cls(
             scale=point.scale,
@@ -113,7 +113,7 @@ class PointTransform:
 class TransformChain:
     """Applies each point's transforms to a batch of samples from one device."""
 
-    def __init__(self, points: Iterable[ModbusPoint]) -> None:
+    def __init__(self, points: Iterable[ModbusPoint | OpcUaPoint]) -> None:
         self._by_point = {
             point.id: PointTransform.for_point(point)
             for point in points

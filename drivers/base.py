@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from agent.model import Sample, Value
 
@@ -15,6 +15,7 @@ __all__ = [
     "Health",
     "LinkState",
     "NotConnected",
+    "PolledDriver",
     "Unsupported",
 ]
 
@@ -53,6 +54,26 @@ class Health:
     read_errors: int = 0
     requests: int = 0
     extra: dict[str, int] = field(default_factory=dict)
+
+
+class PolledDriver(Protocol):
+    """What the device task needs of a driver: connect, read its points, close, report."""
+
+    @property
+    def endpoint(self) -> str:
+        """Where the device is, for messages."""
+
+    async def connect(self) -> None:
+        """Open the link; raise `NotConnected` if the device cannot be reached."""
+
+    async def close(self) -> None:
+        """Close the link; never raises."""
+
+    async def read(self, points: Sequence[Any]) -> list[Sample]:
+        """Read points; failures are BAD samples, a lost link raises `NotConnected`."""
+
+    def health(self) -> Health:
+        """State, since when, last error and counters."""
 
 
 class Driver(Protocol, Generic[PointT_contra]):

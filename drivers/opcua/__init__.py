@@ -1,0 +1,1 @@
+"""OPC UA driver (asyncua): imported only when a device uses it."""

@@ -1,0 +1,176 @@
+"""The OPC UA driver, polling mode: all of a device's variables in one Read request per interval.
+
+asyncua is imported by this module only, and this module only when a device uses OPC UA: it
+costs about 30 MiB of memory that a Modbus-only gateway never pays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import datetime as dt
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, NoReturn
+
+from asyncua import ua
+from asyncua.client.client import Client
+from asyncua.common.node import Node
+from asyncua.ua.uaerrors import UaError
+
+from agent.model import Quality, Sample, Value, now_ms
+from agent.settings import OpcUaDevice, OpcUaPoint
+from drivers.base import Health, LinkState, NotConnected, Unsupported
+
+__all__ = ["OpcUaDriver"]
+
+# asyncua logs every lost connection with a traceback; the device task logs it once.
+logging.getLogger("asyncua").setLevel(logging.CRITICAL)
+
+# A session the server keeps for a vanished client: short, so that a restarted agent does not
+# leave sessions (and later subscriptions) behind for the default hour.
+_SESSION_TIMEOUT_MS = 30_000
+
+
+class OpcUaDriver:
+    """Reads one OPC UA server's variables. Construction does no I/O."""
+
+    def __init__(self, device: OpcUaDevice) -> None:
+        self.device = device
+        self._client: Client | None = None
+        self._nodes: dict[str, Node | str] = {}  # point id -> node, or why it cannot be read
+        self._health = Health(since_ms=now_ms())
+
+    @property
+    def endpoint(self) -> str:
+        """The server's URL, for messages."""
+        return self.device.endpoint
+
+    async def connect(self) -> None:
+        """Open a session and resolve every point's node id (namespace URIs included)."""
+        await self.close()
+        self._set_state(LinkState.CONNECTING)
+        client = Client(self.device.endpoint, timeout=self.device.timeout)
+        client.session_timeout = _SESSION_TIMEOUT_MS
+        try:
+            await asyncio.wait_for(client.connect(), self.device.timeout * 2)
+        except (OSError, TimeoutError, UaError) as exc:
+            error = f"cannot open a session with {self.endpoint}: {_describe(exc)}"
+            self._set_state(LinkState.DISCONNECTED, error)
+            raise NotConnected(error) from None
+        self._client = client
+        self._nodes = {}
+        for point in self.device.points:
+            self._nodes[point.id] = await self._resolve(client, point)
+        self._set_state(LinkState.CONNECTED)
+
+    async def _resolve(self, client: Client, point: OpcUaPoint) -> Node | str:
+        text = point.node
+        if text.startswith("nsu="):
+            uri, _, identifier = text[4:].partition(";")
+            try:
+                index = await client.get_namespace_index(uri)
+            except ValueError:
+                return f"namespace {uri} is unknown to the server"
+            text = f"ns={index};{identifier}"
+        return client.get_node(ua.NodeId.from_string(text))
+
+    async def close(self) -> None:
+        """Close the session; never raises."""
+        client, self._client = self._client, None
+        if client is not None:
+            # The server may be gone already; there is nothing left to close then.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.disconnect(), self.device.timeout)
+
+    async def read(self, points: Sequence[OpcUaPoint]) -> list[Sample]:
+        """One Read request for all points; each value keeps its own status and timestamp."""
+        client = self._client
+        if client is None:
+            await self._lost("not connected")
+        nodes: list[Node] = []
+        readable: list[str] = []
+        for point in points:
+            node = self._nodes.get(point.id)
+            if isinstance(node, Node):
+                nodes.append(node)
+                readable.append(point.id)
+        self._health.requests += 1
+        try:
+            values = await client.read_attributes(nodes)
+        except (OSError, TimeoutError, UaError, ConnectionError) as exc:
+            await self._lost(f"connection lost: {_describe(exc)}")
+        self._health.reads += 1
+        received = now_ms()
+        by_point = dict(zip(readable, values, strict=True))
+        samples = []
+        for point in points:
+            data = by_point.get(point.id)
+            if data is None:
+                reason = str(self._nodes.get(point.id, "not resolved"))
+                samples.append(Sample(point.id, None, Quality.BAD, received, reason))
+                continue
+            samples.append(self._sample(point, data, received))
+        if any(sample.quality is Quality.GOOD for sample in samples):
+            self._health.last_good_read_ms = received
+        return samples
+
+    def _sample(self, point: OpcUaPoint, data: ua.DataValue, received: int) -> Sample:
+        status = data.StatusCode if data.StatusCode is not None else ua.StatusCode()
+        ts = received
+        if data.SourceTimestamp is not None:
+            source = int(data.SourceTimestamp.replace(tzinfo=dt.UTC).timestamp() * 1000)
+            if abs(source - received) <= self.device.max_clock_skew * 1000:
+                ts = source
+        if status.is_bad():
+            self._health.read_errors += 1
+            return Sample(point.id, None, Quality.BAD, ts, _status_name(status))
+        value = _plain(data.Value.Value if data.Value is not None else None)
+        if status.is_uncertain():
+            return Sample(point.id, value, Quality.UNCERTAIN, ts, _status_name(status))
+        return Sample(point.id, value, Quality.GOOD, ts)
+
+    def subscribe(self, points: Sequence[OpcUaPoint]) -> AsyncIterator[Sample]:
+        """Subscriptions come with the rest of the OPC UA work (issue 4)."""
+        raise Unsupported("OPC UA subscriptions are not supported yet; use mode: polling")
+
+    async def write(self, point: OpcUaPoint, value: Value) -> None:
+        """Writes come with the rest of the OPC UA work (issue 4)."""
+        raise Unsupported("writing to OPC UA variables is not supported yet")
+
+    def health(self) -> Health:
+        """State, since when, last error and counters."""
+        return self._health
+
+    async def _lost(self, reason: str) -> NoReturn:
+        await self.close()
+        self._set_state(LinkState.DISCONNECTED, reason)
+        raise NotConnected(reason)
+
+    def _set_state(self, state: LinkState, error: str | None = None) -> None:
+        if state != self._health.state:
+            self._health.state = state
+            self._health.since_ms = now_ms()
+        if error is not None:
+            self._health.last_error = error
+
+
+def _status_name(status: ua.StatusCode) -> str:
+    # The low 16 bits carry info bits that hide the name (e.g. "Good" for GoodOverload).
+    return str(ua.StatusCode(ua.UInt32(status.value & 0xFFFF0000)).name)
+
+
+def _plain(value: Any) -> Any:
+    """An OPC UA value as JSON can carry it: dates as ISO 8601 UTC, bytes as base64."""
+    if isinstance(value, dt.datetime):
+        return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    return value
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
