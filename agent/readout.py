@@ -6,6 +6,7 @@ side by side, so the one that matches the device's display can be picked.
 
 from __future__ import annotations
 
+import datetime as dt
 import difflib
 import json
 import math
@@ -17,8 +18,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from agent.model import Value
-from agent.settings import Config, ModbusDevice, ModbusPoint, OpcUaDevice, WordOrder
+from agent.model import Quality, Sample, Value, now_ms
+from agent.settings import Config, ModbusDevice, ModbusPoint, OpcUaDevice, OpcUaPoint, WordOrder
 from agent.transforms import scaled
 from drivers.base import NotConnected
 from drivers.modbus.client import ModbusDriver
@@ -67,28 +68,69 @@ async def read_points(config: Config, point_ids: Sequence[str], *, all_orders: b
         print(f"Unknown point {point_id}{hint}", file=sys.stderr)
     if unknown:
         return 2
+    opcua: dict[str, list[OpcUaPoint]] = {}
+    opcua_devices: dict[str, OpcUaDevice] = {}
     for point_id in dict.fromkeys(point_ids):
         device = known[point_id]
         if isinstance(device, OpcUaDevice):
-            print(
-                f"{point_id} is on OPC UA device {device.name}: `shopfloor read` reads Modbus "
-                "points only so far",
-                file=sys.stderr,
+            opcua_devices[device.name] = device
+            opcua.setdefault(device.name, []).extend(
+                p for p in device.points if p.id == point_id and isinstance(p, OpcUaPoint)
             )
-            return 2
+            continue
         devices[device.name] = device
         wanted.setdefault(device.name, []).extend(
             p for p in device.points if p.id == point_id and isinstance(p, ModbusPoint)
         )
 
-    readings: dict[str, _Reading] = {}
-    for name, points in wanted.items():
-        for reading in await _read_device(devices[name], points):
-            readings[reading.point.id] = reading
-    ordered = [readings[point_id] for point_id in dict.fromkeys(point_ids)]
-    table = _orders_table(ordered) if all_orders else _values_table(ordered)
-    Console().print(table)
-    return 0 if all(reading.error is None for reading in ordered) else 1
+    all_good = True
+    if wanted:
+        readings: dict[str, _Reading] = {}
+        for name, points in wanted.items():
+            for reading in await _read_device(devices[name], points):
+                readings[reading.point.id] = reading
+        ordered = [readings[p] for p in dict.fromkeys(point_ids) if p in readings]
+        Console().print(_orders_table(ordered) if all_orders else _values_table(ordered))
+        all_good = all(reading.error is None for reading in ordered)
+    if opcua:
+        samples: list[tuple[OpcUaPoint, Sample]] = []
+        for name, opcua_points in opcua.items():
+            samples += await _read_opcua(opcua_devices[name], opcua_points)
+        Console().print(_opcua_table(samples))
+        all_good = all_good and all(sample.quality is Quality.GOOD for _, sample in samples)
+    return 0 if all_good else 1
+
+
+async def _read_opcua(
+    device: OpcUaDevice, points: list[OpcUaPoint]
+) -> list[tuple[OpcUaPoint, Sample]]:
+    """One session, one Read request for the points."""
+    from drivers.opcua.client import OpcUaDriver  # asyncua: only when OPC UA points are read
+
+    driver = OpcUaDriver(device)
+    try:
+        await driver.connect()
+        samples = await driver.read(points)
+    except NotConnected as exc:
+        samples = [Sample(point.id, None, Quality.BAD, now_ms(), str(exc)) for point in points]
+    finally:
+        await driver.close()
+    return list(zip(points, samples, strict=True))
+
+
+def _opcua_table(samples: Sequence[tuple[OpcUaPoint, Sample]]) -> Table:
+    table = Table(title="shopfloor read (OPC UA)")
+    for column in ("point", "node", "value", "quality", "source time (UTC)"):
+        table.add_column(column)
+    for point, sample in samples:
+        value = scaled(sample.value, point.scale, point.offset)
+        unit = f" {point.unit}" if point.unit and value is not None else ""
+        quality = sample.quality.value + (f" ({sample.reason})" if sample.reason else "")
+        when = dt.datetime.fromtimestamp(sample.ts / 1000, dt.UTC)
+        when_text = when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        shown = "" if value is None else f"{value}{unit}"
+        _add_row(table, point.id, point.node, shown, quality, when_text)
+    return table
 
 
 async def _read_device(device: ModbusDevice, points: list[ModbusPoint]) -> list[_Reading]:

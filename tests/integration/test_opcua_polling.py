@@ -84,3 +84,27 @@ def test_the_agent_publishes_opcua_values_with_status_and_recovers(
         )
     finally:
         server.stop()
+
+
+def test_read_command_prints_opcua_values_status_and_source_time(tmp_path: Path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    with SimulatedOpcUaServer(free_port()) as server:
+        config = write_config(tmp_path, broker_port=1883, devices=[opcua_device(server)])
+        result = subprocess.run(
+            [sys.executable, "-m", "agent", "read", str(config), "filler.speed", "filler.ghost"],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            env={**os.environ, "COLUMNS": "200"},
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == 1, result.stdout + result.stderr  # the ghost node is BAD
+    assert "120.0 bottles/min" in result.stdout
+    assert "bad (BadNodeIdUnknown)" in result.stdout
+    assert "Traceback" not in result.stderr
