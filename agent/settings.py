@@ -546,7 +546,7 @@ class OpcUaDevice(_Strict):
     name: Name
     driver: Literal["opcua"]
     endpoint: Annotated[str, AfterValidator(_check_endpoint)]
-    mode: Literal["polling"] = "polling"
+    mode: Literal["polling", "subscription"] = "polling"
     interval: Annotated[Seconds, _duration(0.05, 86400)] = 1.0
     timeout: Annotated[Seconds, _duration(0.1, 60)] = 4.0
     # A source timestamp further than this from the agent's clock is not trusted: the sample
@@ -554,6 +554,14 @@ class OpcUaDevice(_Strict):
     max_clock_skew: Annotated[Seconds, _duration(0, 86400)] = 300.0
     reconnect_max: Annotated[Seconds, _duration(0.1, 600)] = 10.0
     points: Annotated[list[OpcUaPoint], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _polling_only_for_now(self) -> OpcUaDevice:
+        if self.mode == "subscription":
+            raise FieldError(
+                "mode", "subscription mode is not available in this version yet; use polling"
+            )
+        return self
 
 
 AnyDevice = ModbusDevice | OpcUaDevice
