@@ -538,9 +538,11 @@ def _check_endpoint(url: str) -> str:
 
 
 class OpcUaDevice(_Strict):
-    """An OPC UA server (a PLC or an edge server), polled: one read request per interval.
+    """An OPC UA server (a PLC or an edge server).
 
-    Subscriptions, security and browse paths come with the rest of issue 4.
+    polling: one Read request for all points per interval. subscription: the server reports
+    changes (sampled and published every interval), the agent forwards them each interval.
+    Security and browse paths come with the rest of issue 4.
     """
 
     name: Name
@@ -554,14 +556,6 @@ class OpcUaDevice(_Strict):
     max_clock_skew: Annotated[Seconds, _duration(0, 86400)] = 300.0
     reconnect_max: Annotated[Seconds, _duration(0.1, 600)] = 10.0
     points: Annotated[list[OpcUaPoint], Field(min_length=1)]
-
-    @model_validator(mode="after")
-    def _polling_only_for_now(self) -> OpcUaDevice:
-        if self.mode == "subscription":
-            raise FieldError(
-                "mode", "subscription mode is not available in this version yet; use polling"
-            )
-        return self
 
 
 AnyDevice = ModbusDevice | OpcUaDevice

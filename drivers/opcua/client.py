@@ -31,6 +31,7 @@ logging.getLogger("asyncua").setLevel(logging.CRITICAL)
 # A session the server keeps for a vanished client: short, so that a restarted agent does not
 # leave sessions (and later subscriptions) behind for the default hour.
 _SESSION_TIMEOUT_MS = 30_000
+_SERVER_STATE = ua.NodeId.from_string("i=2259")  # Server.ServerStatus.State
 
 
 class OpcUaDriver:
@@ -41,6 +42,11 @@ class OpcUaDriver:
         self._client: Client | None = None
         self._nodes: dict[str, Node | str] = {}  # point id -> node, or why it cannot be read
         self._health = Health(since_ms=now_ms())
+        # Subscription mode: changes the server reported since the last read(), and why the
+        # subscription stopped if it did.
+        self._changes: list[Sample] = []
+        self._points_by_node: dict[Any, OpcUaPoint] = {}
+        self._subscription_broken: str | None = None
 
     @property
     def endpoint(self) -> str:
@@ -63,7 +69,48 @@ class OpcUaDriver:
         self._nodes = {}
         for point in self.device.points:
             self._nodes[point.id] = await self._resolve(client, point)
+        if self.device.mode == "subscription":
+            try:
+                await self._subscribe(client)
+            except (OSError, TimeoutError, UaError, ConnectionError) as exc:
+                await self._lost(f"cannot subscribe on {self.endpoint}: {_describe(exc)}")
         self._set_state(LinkState.CONNECTED)
+
+    async def _subscribe(self, client: Client) -> None:
+        """One subscription for all points; the server reports changes, the agent keeps them
+        until the device task's next read()."""
+        self._changes = []
+        self._subscription_broken = None
+        self._points_by_node = {}
+        nodes: list[Node] = []
+        for point in self.device.points:
+            node = self._nodes[point.id]
+            if isinstance(node, Node):
+                nodes.append(node)
+                self._points_by_node[node.nodeid] = point
+        if not nodes:
+            return
+        subscription = await client.create_subscription(self.device.interval * 1000, self)
+        handles = await subscription.subscribe_data_change(
+            nodes, sampling_interval=ua.Double(self.device.interval * 1000)
+        )
+        results = handles if isinstance(handles, list) else [handles]
+        for node, result in zip(nodes, results, strict=True):
+            if isinstance(result, ua.StatusCode):
+                # Refused (e.g. BadNodeIdUnknown): reported BAD at each read, not streamed.
+                point = self._points_by_node.pop(node.nodeid)
+                self._nodes[point.id] = _status_name(result)
+
+    def datachange_notification(self, node: Node, _value: Any, data: Any) -> None:
+        """asyncua's callback for a changed value: kept for the next read()."""
+        point = self._points_by_node.get(node.nodeid)
+        if point is not None:
+            self._changes.append(self._sample(point, data.monitored_item.Value, now_ms()))
+
+    def status_change_notification(self, status: Any) -> None:
+        """asyncua's callback when the server ends the subscription (e.g. it shuts down)."""
+        code = getattr(status, "Status", status)
+        self._subscription_broken = f"the server ended the subscription: {_status_name(code)}"
 
     async def _resolve(self, client: Client, point: OpcUaPoint) -> Node | str:
         text = point.node
@@ -85,10 +132,13 @@ class OpcUaDriver:
                 await asyncio.wait_for(client.disconnect(), self.device.timeout)
 
     async def read(self, points: Sequence[OpcUaPoint]) -> list[Sample]:
-        """One Read request for all points; each value keeps its own status and timestamp."""
+        """Polling: one Read request for all points, each value with its own status and
+        timestamp. Subscription: the changes reported since the last call."""
         client = self._client
         if client is None:
             await self._lost("not connected")
+        if self.device.mode == "subscription":
+            return await self._drain(client, points)
         nodes: list[Node] = []
         readable: list[str] = []
         for point in points:
@@ -116,6 +166,27 @@ class OpcUaDriver:
             self._health.last_good_read_ms = received
         return samples
 
+    async def _drain(self, client: Client, points: Sequence[OpcUaPoint]) -> list[Sample]:
+        if self._subscription_broken is not None:
+            await self._lost(self._subscription_broken)
+        changes, self._changes = self._changes, []
+        if not changes:
+            # Nothing changed, or the link is silently dead: one small read tells them apart.
+            try:
+                await client.read_attributes([client.get_node(_SERVER_STATE)])
+            except (OSError, TimeoutError, UaError, ConnectionError) as exc:
+                await self._lost(f"connection lost: {_describe(exc)}")
+        received = now_ms()
+        self._health.reads += 1
+        if changes:
+            self._health.last_good_read_ms = received
+        refused = [
+            Sample(p.id, None, Quality.BAD, received, node)
+            for p in points
+            if isinstance(node := self._nodes.get(p.id), str)
+        ]
+        return changes + refused
+
     def _sample(self, point: OpcUaPoint, data: ua.DataValue, received: int) -> Sample:
         status = data.StatusCode if data.StatusCode is not None else ua.StatusCode()
         ts = received
@@ -132,8 +203,8 @@ class OpcUaDriver:
         return Sample(point.id, value, Quality.GOOD, ts)
 
     def subscribe(self, points: Sequence[OpcUaPoint]) -> AsyncIterator[Sample]:
-        """Subscriptions come with the rest of the OPC UA work (issue 4)."""
-        raise Unsupported("OPC UA subscriptions are not supported yet; use mode: polling")
+        """Changes come through read() in subscription mode (the device task drains them)."""
+        raise Unsupported("use mode: subscription; the device task reads the changes")
 
     async def write(self, point: OpcUaPoint, value: Value) -> None:
         """Writes come with the rest of the OPC UA work (issue 4)."""

@@ -96,6 +96,7 @@ class SimulatedOpcUaServer(ThreadedServer):
         self.namespace_index: int | None = None
         self._values: dict[str, Any] = {v.path: v.initial for v in PACKAGING_LINE}
         self._nodes: dict[str, Any] = {}
+        self._server: Server | None = None
 
     @property
     def endpoint(self) -> str:
@@ -112,6 +113,15 @@ class SimulatedOpcUaServer(ThreadedServer):
         """Write a variable's value (with the server's time as its source timestamp)."""
         self._values[path] = value
         self._call(self._write(path, value))
+
+    def subscription_count(self) -> int:
+        """Subscriptions the server holds now (to prove a client leaks none)."""
+
+        async def count() -> int:
+            assert self._server is not None
+            return len(self._server.iserver.subscription_service.subscriptions)
+
+        return self._call(count())
 
     def get_value(self, path: str) -> Any:
         """A variable's current value."""
@@ -158,6 +168,7 @@ class SimulatedOpcUaServer(ThreadedServer):
             await node.set_writable()
             self._nodes[variable.path] = node
         await server.start()
+        self._server = server
         self._ready()
         began = time.monotonic()
         try:
@@ -167,6 +178,7 @@ class SimulatedOpcUaServer(ThreadedServer):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), self.tick)
         finally:
+            self._server = None
             await server.stop()
 
     async def _move(self, t: float) -> None:

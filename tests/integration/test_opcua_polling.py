@@ -108,3 +108,43 @@ def test_read_command_prints_opcua_values_status_and_source_time(tmp_path: Path)
     assert "120.0 bottles/min" in result.stdout
     assert "bad (BadNodeIdUnknown)" in result.stdout
     assert "Traceback" not in result.stderr
+
+
+def test_subscription_mode_streams_changes_and_resubscribes_after_a_restart(
+    broker, subscriber_factory, agent_factory, tmp_path: Path
+):
+    server = SimulatedOpcUaServer(free_port(), changing=True, tick=0.05)
+    server.start()
+    try:
+        device = {**opcua_device(server), "mode": "subscription", "interval": "100ms"}
+        config = write_config(tmp_path, broker_port=broker.port, devices=[device])
+        subscriber = subscriber_factory(broker.port)
+        agent = agent_factory(config)
+        agent.start()
+        subscriber.wait_for(
+            lambda: len({s["v"] for s in subscriber.samples_of("filler.speed")}) >= 3,
+            what="changing values pushed by the server",
+        )
+        ghost = subscriber.samples_of("filler.ghost")
+        assert ghost and ghost[-1]["q"] == "bad" and ghost[-1]["r"] == "BadNodeIdUnknown"
+        assert subscriber.samples_of("filler.recipe")[0]["v"] == "COLA-0.5L"  # initial value
+        assert server.subscription_count() == 1
+
+        server.stop()
+        subscriber.wait_for(
+            lambda: subscriber.samples_of("filler.speed")[-1]["q"] == "bad",
+            what="BAD samples while the server is gone",
+        )
+        server.start()
+        seen = len(subscriber.samples_of("filler.speed"))
+        subscriber.wait_for(
+            lambda: (
+                len(subscriber.samples_of("filler.speed")) > seen + 2
+                and subscriber.samples_of("filler.speed")[-1]["q"] == "good"
+            ),
+            what="changes again after the server is back",
+            timeout=20,
+        )
+        assert server.subscription_count() == 1, "the agent subscribed again, once"
+    finally:
+        server.stop()
