@@ -268,6 +268,19 @@ def parse_modbus_address(
     return table, number  # type: ignore[return-value]
 
 
+def _check_publishing(
+    deadband: float | None, deadband_percent: float | None, heartbeat: float | None
+) -> None:
+    """A point's deadband and heartbeat settings agree with each other."""
+    if deadband is not None and deadband_percent is not None:
+        raise FieldError("deadband_percent", "give deadband or deadband_percent, not both")
+    if heartbeat is not None and deadband is None and deadband_percent is None:
+        raise FieldError(
+            "heartbeat",
+            "heartbeat only matters with a deadband: without one every poll is published",
+        )
+
+
 def _check_scale(scale: float) -> float:
     if scale == 0:
         raise ValueError("scale 0 would turn every value into 0 (and writes impossible)")
@@ -364,13 +377,7 @@ class ModbusPoint(_Strict):
         if self.type in ("bool", "string") and (self.scale != 1.0 or self.offset != 0.0):
             field = "scale" if self.scale != 1.0 else "offset"
             raise FieldError(field, f"a {self.type} point cannot be scaled")
-        if self.deadband is not None and self.deadband_percent is not None:
-            raise FieldError("deadband_percent", "give deadband or deadband_percent, not both")
-        if self.heartbeat is not None and self.deadband is None and self.deadband_percent is None:
-            raise FieldError(
-                "heartbeat",
-                "heartbeat only matters with a deadband: without one every poll is published",
-            )
+        _check_publishing(self.deadband, self.deadband_percent, self.heartbeat)
         return self
 
 
@@ -521,13 +528,7 @@ class OpcUaPoint(_Strict):
 
     @model_validator(mode="after")
     def _deadband_rules(self) -> OpcUaPoint:
-        if self.deadband is not None and self.deadband_percent is not None:
-            raise FieldError("deadband_percent", "give deadband or deadband_percent, not both")
-        if self.heartbeat is not None and self.deadband is None and self.deadband_percent is None:
-            raise FieldError(
-                "heartbeat",
-                "heartbeat only matters with a deadband: without one every poll is published",
-            )
+        _check_publishing(self.deadband, self.deadband_percent, self.heartbeat)
         return self
 
 

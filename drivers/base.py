@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Generic, Protocol, TypeVar
 
-from agent.model import Sample, Value
+from agent.model import Sample, Value, now_ms
 
 __all__ = [
     "Driver",
@@ -54,6 +54,14 @@ class Health:
     read_errors: int = 0
     requests: int = 0
     extra: dict[str, int] = field(default_factory=dict)
+
+    def set_state(self, state: LinkState, error: str | None = None) -> None:
+        """Record a state change (with its time) and the latest error, if any."""
+        if state != self.state:
+            self.state = state
+            self.since_ms = now_ms()
+        if error is not None:
+            self.last_error = error
 
 
 class PolledDriver(Protocol):

@@ -138,11 +138,11 @@ class ModbusDriver:
 
         Raises `NotConnected` when the line cannot be opened or the unit does not answer.
         """
-        self._set_state(LinkState.CONNECTING)
+        self._health.set_state(LinkState.CONNECTING)
         try:
             await self.line.connect()
         except NotConnected as exc:
-            self._set_state(LinkState.DISCONNECTED, str(exc))
+            self._health.set_state(LinkState.DISCONNECTED, str(exc))
             raise
         probe = self.plan(self.device.points)[:1]
         if probe:
@@ -150,7 +150,7 @@ class ModbusDriver:
             if result.error in _NO_ANSWER:
                 await self._silent()
         self._silent_polls = 0
-        self._set_state(LinkState.CONNECTED)
+        self._health.set_state(LinkState.CONNECTED)
 
     async def close(self) -> None:
         """Close the line if it is this driver's own; a shared line stays open for the others."""
@@ -475,20 +475,13 @@ class ModbusDriver:
         reason = f"unit {self.device.unit_id} does not answer"
         if self.line.units > 1:
             reason += " (other units on the line do)"
-        self._set_state(LinkState.DISCONNECTED, reason)
+        self._health.set_state(LinkState.DISCONNECTED, reason)
         raise NotConnected(reason)
 
     async def _lost(self, reason: str) -> NoReturn:
         self.line.close()
-        self._set_state(LinkState.DISCONNECTED, reason)
+        self._health.set_state(LinkState.DISCONNECTED, reason)
         raise NotConnected(reason)
-
-    def _set_state(self, state: LinkState, error: str | None = None) -> None:
-        if state != self._health.state:
-            self._health.state = state
-            self._health.since_ms = now_ms()
-        if error is not None:
-            self._health.last_error = error
 
 
 # Builds a Sample from a complete 5-tuple in C: 40 % faster than calling Sample(...), which

@@ -56,14 +56,14 @@ class OpcUaDriver:
     async def connect(self) -> None:
         """Open a session and resolve every point's node id (namespace URIs included)."""
         await self.close()
-        self._set_state(LinkState.CONNECTING)
+        self._health.set_state(LinkState.CONNECTING)
         client = Client(self.device.endpoint, timeout=self.device.timeout)
         client.session_timeout = _SESSION_TIMEOUT_MS
         try:
             await asyncio.wait_for(client.connect(), self.device.timeout * 2)
         except (OSError, TimeoutError, UaError) as exc:
             error = f"cannot open a session with {self.endpoint}: {_describe(exc)}"
-            self._set_state(LinkState.DISCONNECTED, error)
+            self._health.set_state(LinkState.DISCONNECTED, error)
             raise NotConnected(error) from None
         self._client = client
         self._nodes = {}
@@ -74,7 +74,7 @@ class OpcUaDriver:
                 await self._subscribe(client)
             except (OSError, TimeoutError, UaError, ConnectionError) as exc:
                 await self._lost(f"cannot subscribe on {self.endpoint}: {_describe(exc)}")
-        self._set_state(LinkState.CONNECTED)
+        self._health.set_state(LinkState.CONNECTED)
 
     async def _subscribe(self, client: Client) -> None:
         """One subscription for all points; the server reports changes, the agent keeps them
@@ -216,15 +216,8 @@ class OpcUaDriver:
 
     async def _lost(self, reason: str) -> NoReturn:
         await self.close()
-        self._set_state(LinkState.DISCONNECTED, reason)
+        self._health.set_state(LinkState.DISCONNECTED, reason)
         raise NotConnected(reason)
-
-    def _set_state(self, state: LinkState, error: str | None = None) -> None:
-        if state != self._health.state:
-            self._health.state = state
-            self._health.since_ms = now_ms()
-        if error is not None:
-            self._health.last_error = error
 
 
 def _status_name(status: ua.StatusCode) -> str:
