@@ -376,14 +376,13 @@ def _scan(args: argparse.Namespace) -> int:
 
 
 def _unit_ids(text: str) -> list[int]:
-    """`--units 1,2,3` as a list of ids (argparse shows the error with the usage)."""
+    """`--units 1,2,3` (or `1-3`) as a list of ids (argparse shows the error with the usage)."""
+    from agent.scan import parse_units  # the one parser of unit lists, shared with `scan`
+
     try:
-        units = [int(part) for part in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a list like 1,2,3") from None
-    if len(set(units)) != len(units):
-        raise argparse.ArgumentTypeError(f"{text!r} names a unit twice")
-    return units
+        return list(parse_units(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _simulate(args: argparse.Namespace) -> int:

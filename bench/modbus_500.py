@@ -41,8 +41,8 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.bytecode import compile_agent
+from bench.processes import cpu_seconds, loadavg, ready_server, stop_process, tail
 from bench.provenance import code_version, versions
 from drivers.simulate.broker import BrokerNotFound, LocalBroker, free_port
 
@@ -65,8 +66,6 @@ TOPIC_PREFIX = "bench"
 DEVICE = "unit1"
 AGENT_MIN_INTERVAL = 0.01  # the agent's minimum device interval
 FIRST_MESSAGE_TIMEOUT_S = 15.0
-STOP_TIMEOUT_S = 10.0  # the agent may spend up to 5 s draining its outbox at SIGTERM
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 # Targets: (key, description, check(agent, bare) -> (value shown, passed)).
 RSS_TARGET_MIB = 40.0
@@ -117,17 +116,6 @@ class RunResult:
     loadavg: list[float] = field(default_factory=list)
 
 
-# -- /proc -------------------------------------------------------------------------------------
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), in seconds."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    # After "pid (comm)": state is fields[0]; utime and stime are fields 14 and 15 of stat(5).
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
 def status_kib(pid: int, key: str) -> int:
     """A `kB` field of /proc/PID/status, e.g. VmHWM or VmRSS."""
     with open(f"/proc/{pid}/status", encoding="ascii") as status:
@@ -135,11 +123,6 @@ def status_kib(pid: int, key: str) -> int:
             if line.startswith(key + ":"):
                 return int(line.split()[1])
     raise KeyError(key)
-
-
-def loadavg() -> list[float]:
-    with open("/proc/loadavg", encoding="ascii") as load:
-        return [float(value) for value in load.read().split()[:3]]
 
 
 # -- the subscriber ----------------------------------------------------------------------------
@@ -235,45 +218,11 @@ def percentile(histogram: Counter[int], fraction: float) -> float | None:
 # -- processes ---------------------------------------------------------------------------------
 
 
-def stop_process(process: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT_S) -> None:
-    """SIGTERM, then SIGKILL if it is still there after `timeout` seconds."""
-    if process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
-@contextmanager
-def modbus_server(port: int, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+def modbus_server(port: int, log: Path) -> AbstractContextManager[subprocess.Popen[bytes]]:
     """The benchmark's Modbus device in its own process, ready when this yields."""
-    with log.open("wb") as errors:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "bench.modbus_server", str(port), "--points", str(POINTS)],
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=errors,
-        )
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline().decode(errors="replace").strip()
-        if line != f"READY {port}":
-            raise RuntimeError(f"the Modbus server did not start: {line!r} {tail(log)}")
-        yield process
-    finally:
-        stop_process(process)
-        if process.stdout is not None:
-            process.stdout.close()
-
-
-def tail(path: Path, chars: int = 1500) -> str:
-    try:
-        return path.read_text(errors="replace")[-chars:]
-    except OSError:
-        return ""
+    return ready_server(
+        [sys.executable, "-m", "bench.modbus_server", str(port), "--points", str(POINTS)], port, log
+    )
 
 
 def agent_config(

@@ -43,8 +43,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +59,7 @@ from bench.planner_subjects import (
     one_per_point_plan,
     workload,
 )
+from bench.processes import cpu_seconds, loadavg, ready_server, stop_process, tail
 from bench.provenance import code_version, versions
 from drivers.simulate.broker import free_port
 
@@ -69,7 +69,6 @@ SUBJECTS_MODULE = "bench.planner_subjects"
 
 THROUGHPUT_TARGET = 0.9  # agent points/s >= this x bare points/s at the same requests
 START_TIMEOUT_S = 30.0
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -149,64 +148,12 @@ def summarize(subject: str, runs: list[RunResult]) -> Summary:
     return summary
 
 
-# -- /proc -------------------------------------------------------------------------------------
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), in seconds."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    # After "pid (comm)": state is fields[0]; utime and stime are fields 14 and 15 of stat(5).
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def loadavg() -> list[float]:
-    with open("/proc/loadavg", encoding="ascii") as load:
-        return [float(value) for value in load.read().split()[:3]]
-
-
 # -- processes ---------------------------------------------------------------------------------
 
 
-def stop_process(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
-    """SIGTERM, then SIGKILL if it is still there after `timeout` seconds."""
-    if process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
-def tail(path: Path, chars: int = 1500) -> str:
-    try:
-        return path.read_text(errors="replace")[-chars:]
-    except OSError:
-        return ""
-
-
-@contextmanager
-def modbus_server(port: int, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+def modbus_server(port: int, log: Path) -> AbstractContextManager[subprocess.Popen[bytes]]:
     """The 4-unit Modbus server in its own process, ready when this yields."""
-    with log.open("wb") as errors:
-        process = subprocess.Popen(
-            [sys.executable, "-m", SUBJECTS_MODULE, "serve", str(port)],
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=errors,
-        )
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline().decode(errors="replace").strip()
-        if line != f"READY {port}":
-            raise RuntimeError(f"the Modbus server did not start: {line!r} {tail(log)}")
-        yield process
-    finally:
-        stop_process(process)
-        if process.stdout is not None:
-            process.stdout.close()
+    return ready_server([sys.executable, "-m", SUBJECTS_MODULE, "serve", str(port)], port, log)
 
 
 def agent_plan(port: int) -> list[list[Any]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -236,19 +237,15 @@ def rtu_simulator(
     units on the server end of `serial_pair` (other `SimulatedModbusServer` options pass
     through). Open `serial_pair[1]` to talk to it; it is stopped after the test, before socat.
     """
-    made: list[SimulatedModbusServer] = []
+    with contextlib.ExitStack() as running:
 
-    def make(units: Sequence[int] = (1,), **options: Any) -> SimulatedModbusServer:
-        server = SimulatedModbusServer(
-            transport="rtu", serial_port=serial_pair[0], unit_ids=units, **options
-        )
-        made.append(server)
-        server.start()
-        return server
+        def make(units: Sequence[int] = (1,), **options: Any) -> SimulatedModbusServer:
+            server = SimulatedModbusServer(
+                transport="rtu", serial_port=serial_pair[0], unit_ids=units, **options
+            )
+            return running.enter_context(server)
 
-    yield make
-    for server in made:
-        server.stop()
+        yield make
 
 
 @pytest.fixture
@@ -257,19 +254,17 @@ def simulator_factory() -> Iterator[Callable[..., SimulatedModbusServer]]:
     TCP port of 127.0.0.1 (`server.port`), serving Modbus TCP ("tcp") or RTU frames over TCP
     ("rtu_tcp"). Every device it started is stopped after the test.
     """
-    made: list[SimulatedModbusServer] = []
+    with contextlib.ExitStack() as running:
 
-    def make(
-        transport: Transport = "tcp", units: Sequence[int] = (1,), **options: Any
-    ) -> SimulatedModbusServer:
-        server = SimulatedModbusServer(free_port(), transport=transport, unit_ids=units, **options)
-        made.append(server)
-        server.start()
-        return server
+        def make(
+            transport: Transport = "tcp", units: Sequence[int] = (1,), **options: Any
+        ) -> SimulatedModbusServer:
+            server = SimulatedModbusServer(
+                free_port(), transport=transport, unit_ids=units, **options
+            )
+            return running.enter_context(server)
 
-    yield make
-    for server in made:
-        server.stop()
+        yield make
 
 
 @pytest.fixture

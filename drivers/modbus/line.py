@@ -20,7 +20,7 @@ from pymodbus.framer import FramerType
 from agent.settings import ModbusDevice, ModbusRtuDevice, ModbusRtuOverTcpDevice
 from drivers.base import NotConnected
 
-__all__ = ["LineSettingsDiffer", "ModbusLine", "ModbusLines"]
+__all__ = ["ModbusLine", "ModbusLines"]
 
 # pymodbus logs every failed connect and timeout itself (timeouts at ERROR, with a dump of the
 # last frames); the device task logs each state change once and reports errors as BAD samples.
@@ -31,10 +31,6 @@ Client = AsyncModbusTcpClient | AsyncModbusSerialClient
 
 _PARITY = {"none": "N", "even": "E", "odd": "O"}
 _LATE_ANSWER_GRACE_S = 0.05
-
-
-class LineSettingsDiffer(ValueError):
-    """Two devices on one serial port ask for different serial settings."""
 
 
 class ModbusLine:
@@ -67,18 +63,6 @@ class ModbusLine:
     def connected(self) -> bool:
         """Whether the link is open."""
         return self._client is not None and self._client.connected
-
-    def check_compatible(self, device: ModbusDevice) -> None:
-        """Refuse a device whose serial settings differ from the line's first device."""
-        first = self._template
-        if isinstance(device, ModbusRtuDevice) and isinstance(first, ModbusRtuDevice):
-            mine = (device.baudrate, device.parity, device.stopbits, device.bytesize)
-            theirs = (first.baudrate, first.parity, first.stopbits, first.bytesize)
-            if mine != theirs:
-                raise LineSettingsDiffer(
-                    f"devices {first.name} and {device.name} share {device.serial_port} but ask "
-                    "for different serial settings (baudrate, parity, stopbits, bytesize)"
-                )
 
     async def connect(self) -> None:
         """Open the link unless it is open; raise `NotConnected` if that fails."""
@@ -196,12 +180,11 @@ class ModbusLines:
         self._lines: dict[str, ModbusLine] = {}
 
     def for_device(self, device: ModbusDevice) -> ModbusLine:
-        """The line this device's requests travel on."""
+        """The line this device's requests travel on. Devices sharing a serial port agree on
+        its settings: the configuration refuses them otherwise (Config._serial_settings_agree)."""
         line = self._lines.get(device.line)
         if line is None:
             line = self._lines[device.line] = ModbusLine(device)
-        else:
-            line.check_compatible(device)
         line.units += 1
         return line
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -32,7 +31,6 @@ from agent.scan import (
 from agent.settings import ModbusTable, ModbusTcpDevice
 from drivers.simulate.broker import free_port
 from drivers.simulate.modbus import PRESS_LINE_MAP, SimulatedModbusServer, press_line_model
-from drivers.simulate.serial_line import PtyPair
 from tests.conftest import REPO
 
 # Wide enough that rich never wraps a table row or a message.
@@ -167,18 +165,15 @@ def test_scan_rtu_over_tcp_finds_several_units():
     assert rows[("4", "holding")] == ("0-1999", "2000")
 
 
-@pytest.mark.skipif(shutil.which("socat") is None, reason="socat is not installed")
-def test_scan_serial_line(tmp_path: Path):
-    with (
-        PtyPair(tmp_path / "pty") as line,
-        SimulatedModbusServer(
-            transport="rtu", serial_port=line.server_end, baudrate=19200, unit_ids=(3,)
-        ),
+def test_scan_serial_line(serial_pair: tuple[str, str]):
+    server_end, client_end = serial_pair
+    with SimulatedModbusServer(
+        transport="rtu", serial_port=server_end, baudrate=19200, unit_ids=(3,)
     ):
         result = shopfloor(
             "scan",
             "--serial",
-            line.client_end,
+            client_end,
             "--baudrate",
             "19200",
             "--units",
@@ -189,7 +184,7 @@ def test_scan_serial_line(tmp_path: Path):
             "2100",
         )
     assert result.returncode == 0, result.stderr
-    assert f"Modbus RTU on {line.client_end} (19200 baud, 8N1)" in result.stdout
+    assert f"Modbus RTU on {client_end} (19200 baud, 8N1)" in result.stdout
     assert table_rows(result.stdout)[("3", "input")] == ("0-1999", "2000")
 
 
