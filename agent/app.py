@@ -115,8 +115,9 @@ class Agent:
         if isinstance(device, OpcUaDevice):
             # asyncua costs about 30 MiB: loaded only when a device needs it.
             from drivers.opcua.client import OpcUaDriver
+            from drivers.opcua.security import Pki
 
-            return OpcUaDriver(device)
+            return OpcUaDriver(device, Pki(self.config.agent.data_dir / "pki"))
         return ModbusDriver(device, self.lines.for_device(device))
 
     async def run(self, stop: asyncio.Event) -> None:

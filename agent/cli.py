@@ -249,6 +249,71 @@ def _parser() -> argparse.ArgumentParser:
     )
     simulate.set_defaults(handler=_simulate)
 
+    browse = command(
+        "browse",
+        "Show an OPC UA server's address space as a tree (name, class, node id; type, access "
+        "and value of variables) and optionally export its variables as points. Only reads.",
+        "shopfloor browse opc.tcp://10.0.0.5:4840 --node 'ns=3;s=Line1' --depth 4",
+    )
+    browse.epilog = (
+        "Examples:\n"
+        "  shopfloor browse opc.tcp://10.0.0.5:4840                   Objects, 3 levels deep\n"
+        "  shopfloor browse opc.tcp://10.0.0.5:4840 --node 'ns=3;s=Line1' --depth 5\n"
+        "  shopfloor browse opc.tcp://10.0.0.5:4840 --node 'nsu=urn:vendor:plc;s=Line1'\n"
+        "  shopfloor browse opc.tcp://10.0.0.5:4840 --depth 6 --export line1.yaml\n"
+        "Quote node ids in the shell: they contain ';'. Security None, anonymous."
+    )
+    browse.add_argument("endpoint", metavar="ENDPOINT", help="e.g. opc.tcp://10.0.0.5:4840")
+    browse.add_argument(
+        "--node",
+        default="i=85",
+        metavar="NODE_ID",
+        help="start here: ns=2;s=..., ns=3;i=1001, nsu=URI;s=... or i=85 (default i=85, the "
+        "Objects folder)",
+    )
+    browse.add_argument(
+        "--depth", type=int, default=3, metavar="N", help="levels below the start (default 3)"
+    )
+    browse.add_argument(
+        "--export",
+        type=Path,
+        metavar="FILE",
+        help="write a devices: snippet with a point for every readable variable found; an "
+        "existing file is never overwritten",
+    )
+    browse.add_argument(
+        "--timeout",
+        type=float,
+        default=4.0,
+        metavar="SECONDS",
+        help="wait this long for each answer (default 4)",
+    )
+    browse.set_defaults(handler=_browse)
+
+    trust = command(
+        "trust",
+        "Add OPC UA server certificates to the agent's trust list (<data_dir>/pki/trusted): "
+        "fetched from the servers of the named devices and confirmed by their thumbprint, or "
+        "from a certificate file copied from the server.",
+        "shopfloor trust /etc/shopfloor/agent.yaml filler",
+    )
+    trust.epilog = (
+        "Examples:\n"
+        "  shopfloor trust /etc/shopfloor/agent.yaml filler          fetch, show, ask\n"
+        "  shopfloor trust /etc/shopfloor/agent.yaml --yes           every secured device\n"
+        "  shopfloor trust /etc/shopfloor/agent.yaml --certificate /var/lib/shopfloor/pki/"
+        "rejected/filler-1a2b.der"
+    )
+    trust.add_argument("config", type=Path, help="the agent's YAML configuration")
+    trust.add_argument(
+        "devices", nargs="*", metavar="DEVICE", help="OPC UA devices (default: all secured ones)"
+    )
+    trust.add_argument(
+        "--certificate", type=Path, metavar="FILE", help="trust this certificate file (DER or PEM)"
+    )
+    trust.add_argument("--yes", action="store_true", help="trust without asking")
+    trust.set_defaults(handler=_trust)
+
     demo = command(
         "demo",
         "Start a local broker, a simulated press line and meter, and the agent, and show the "
@@ -258,6 +323,15 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     demo.set_defaults(handler=_demo)
     return parser
+
+
+def _trust(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    from agent.trust import trust_command  # asyncua: only when asked
+
+    return trust_command(config, args.devices, certificate=args.certificate, yes=args.yes)
 
 
 def _load(path: Path) -> Config | None:
@@ -503,6 +577,21 @@ def _serve_until_stopped(server: SimulatedModbusServer | SimulatedOpcUaServer) -
     finally:
         server.stop()
     return EXIT_OK
+
+
+def _browse(args: argparse.Namespace) -> int:
+    try:
+        from agent.browse import browse_command
+    except ImportError:
+        print("OPC UA needs the opcua extra: pip install 'shopfloor-agent[opcua]'", file=sys.stderr)
+        return EXIT_FAILED
+    return browse_command(
+        endpoint=args.endpoint,
+        node=args.node,
+        depth=args.depth,
+        export=args.export,
+        timeout=args.timeout,
+    )
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -19,7 +19,7 @@ import typing
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from ruamel.yaml import YAML
@@ -28,7 +28,16 @@ from ruamel.yaml.constructor import DuplicateKeyError
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from agent.profiles import Profile
-from agent.settings import REGISTER_COUNT, Config, FieldError, parse_modbus_address
+from agent.settings import (
+    REGISTER_COUNT,
+    AnyDevice,
+    Config,
+    FieldError,
+    OpcUaDevice,
+    parse_modbus_address,
+)
+
+_M = TypeVar("_M", bound=BaseModel)
 
 __all__ = [
     "PROFILES_DIR",
@@ -273,8 +282,30 @@ def _resolve_paths(config: Config, base: Path) -> Config:
         update={
             "agent": config.agent.model_copy(update={"data_dir": data_dir}),
             "mqtt": config.mqtt.model_copy(update={"password_file": password_file}),
+            "devices": [_resolve_device_paths(device, base) for device in config.devices],
         }
     )
+
+
+def _resolve_device_paths(device: AnyDevice, base: Path) -> AnyDevice:
+    """An OPC UA device's certificate, key and password files, relative to the config file."""
+    if not isinstance(device, OpcUaDevice):
+        return device
+
+    def resolved(model: _M, *names: str) -> _M:
+        update = {}
+        for name in names:
+            path = getattr(model, name)
+            if path is not None and not path.is_absolute():
+                update[name] = _resolve(base, path)
+        return model.model_copy(update=update) if update else model
+
+    update: dict[str, Any] = {
+        "security": resolved(device.security, "certificate", "private_key"),
+    }
+    if device.user is not None:
+        update["user"] = resolved(device.user, "password_file", "certificate", "private_key")
+    return device.model_copy(update=update)
 
 
 class _Locator:

@@ -13,6 +13,7 @@ import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -95,19 +96,23 @@ async def read_points(config: Config, point_ids: Sequence[str], *, all_orders: b
     if opcua:
         samples: list[tuple[OpcUaPoint, Sample]] = []
         for name, opcua_points in opcua.items():
-            samples += await _read_opcua(opcua_devices[name], opcua_points)
+            samples += await _read_opcua(
+                opcua_devices[name], opcua_points, config.agent.data_dir / "pki"
+            )
         Console().print(_opcua_table(samples))
         all_good = all_good and all(sample.quality is Quality.GOOD for _, sample in samples)
     return 0 if all_good else 1
 
 
 async def _read_opcua(
-    device: OpcUaDevice, points: list[OpcUaPoint]
+    device: OpcUaDevice, points: list[OpcUaPoint], pki_dir: Path
 ) -> list[tuple[OpcUaPoint, Sample]]:
-    """One session, one Read request for the points."""
-    from drivers.opcua.client import OpcUaDriver  # asyncua: only when OPC UA points are read
+    """One session, one Read request for the points (a polling read in any mode)."""
+    # asyncua: only when OPC UA points are read
+    from drivers.opcua.client import OpcUaDriver
+    from drivers.opcua.security import Pki
 
-    driver = OpcUaDriver(device)
+    driver = OpcUaDriver(device.model_copy(update={"mode": "polling"}), Pki(pki_dir))
     try:
         await driver.connect()
         samples = await driver.read(points)

@@ -28,6 +28,8 @@ __all__ = [
     "MqttSettings",
     "OpcUaDevice",
     "OpcUaPoint",
+    "OpcUaSecurity",
+    "OpcUaUser",
     "OutboxSettings",
     "parse_duration",
     "parse_modbus_address",
@@ -500,13 +502,17 @@ class ModbusRtuDevice(_ModbusDevice):
 ModbusDevice = ModbusTcpDevice | ModbusRtuOverTcpDevice | ModbusRtuDevice
 
 _NODE_ID = re.compile(r"^(nsu=[^;]+;|ns=\d+;)?(i=\d+|s=.+|g=[0-9a-fA-F-]{36}|b=.+)$")
+# A browse path from the Objects folder: /Objects/Line1/Press3/Temp. A segment may carry a
+# namespace index (2:Temp) where two children share a name in different namespaces.
+_BROWSE_PATH = re.compile(r"^/Objects(/[^/]+)+$")
 
 
 def _check_node_id(text: str) -> str:
-    if not _NODE_ID.match(text):
+    if not (_NODE_ID.match(text) or _BROWSE_PATH.match(text)):
         raise ValueError(
             "expected an OPC UA node id such as ns=2;s=Line1.Temp, ns=3;i=1001, "
-            f"nsu=urn:vendor:plc;s=Line1.Temp, g=<GUID> or b=<opaque>; got {text!r}"
+            "nsu=urn:vendor:plc;s=Line1.Temp, g=<GUID> or b=<opaque>, or a browse path such "
+            f"as /Objects/Line1/Press3/Temp; got {text!r}"
         )
     return text
 
@@ -515,8 +521,8 @@ class OpcUaPoint(_Strict):
     """One variable read from an OPC UA server."""
 
     id: Annotated[str, Field(max_length=200), AfterValidator(_check_name)]
-    # A namespace URI (nsu=) is resolved to its index at every connect, so a server whose
-    # namespace indexes move after an update still maps correctly.
+    # A namespace URI (nsu=) or a browse path is resolved to a node id at every connect, so a
+    # server whose namespace indexes move after an update still maps correctly.
     node: Annotated[str, AfterValidator(_check_node_id)]
     scale: Annotated[float, AfterValidator(_check_scale)] = 1.0
     offset: float = 0.0
@@ -525,10 +531,23 @@ class OpcUaPoint(_Strict):
     deadband: Annotated[float, Field(ge=0)] | None = None
     deadband_percent: Annotated[float, Field(gt=0, le=100)] | None = None
     heartbeat: Annotated[Seconds, _duration(0.1, 86400)] | None = None
+    # Subscription mode only: what the server samples and filters before it reports.
+    sampling_interval: Annotated[Seconds, _duration(0, 86400)] | None = None
+    queue_size: Annotated[int, Field(ge=1, le=10_000)] | None = None
+    server_deadband: Annotated[float, Field(ge=0)] | None = None
+    server_deadband_percent: Annotated[float, Field(gt=0, le=100)] | None = None
+    # Enumerations are published by the name of their value ("Running"); `number` keeps 2.
+    enum_as: Literal["name", "number"] = "name"
 
     @model_validator(mode="after")
     def _deadband_rules(self) -> OpcUaPoint:
-        _check_publishing(self.deadband, self.deadband_percent, self.heartbeat)
+        if self.deadband is not None and self.deadband_percent is not None:
+            raise FieldError("deadband_percent", "give deadband or deadband_percent, not both")
+        if self.server_deadband is not None and self.server_deadband_percent is not None:
+            raise FieldError(
+                "server_deadband_percent",
+                "give server_deadband or server_deadband_percent, not both",
+            )
         return self
 
 
@@ -538,12 +557,65 @@ def _check_endpoint(url: str) -> str:
     return url
 
 
+SECURITY_POLICIES = ("Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss")
+
+
+class OpcUaSecurity(_Strict):
+    """How the secure channel is protected, and with which application certificate."""
+
+    mode: Literal["None", "Sign", "SignAndEncrypt"] = "None"
+    policy: Literal["Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"] = (
+        "Basic256Sha256"
+    )
+    # The agent's own application certificate (DER or PEM) and key. Without them the agent
+    # creates a self-signed pair in <data_dir>/pki/own/ on first use.
+    certificate: FilePath | None = None
+    private_key: FilePath | None = None
+
+    @model_validator(mode="after")
+    def _pair(self) -> OpcUaSecurity:
+        if (self.certificate is None) != (self.private_key is None):
+            missing = "private_key" if self.private_key is None else "certificate"
+            raise FieldError(missing, "give the certificate and its private_key together")
+        return self
+
+
+class OpcUaUser(_Strict):
+    """Who the agent logs in as: a user name and password, or a user certificate."""
+
+    username: str | None = None
+    password_file: FilePath | None = None
+    password_env: str | None = None
+    certificate: FilePath | None = None
+    private_key: FilePath | None = None
+
+    @model_validator(mode="after")
+    def _one_identity(self) -> OpcUaUser:
+        if self.username is not None and self.certificate is not None:
+            raise FieldError("certificate", "log in with a username or a certificate, not both")
+        if self.password_file is not None and self.password_env is not None:
+            raise FieldError("password_env", "give password_file or password_env, not both")
+        if (self.password_file or self.password_env) and not self.username:
+            field = "password_file" if self.password_file else "password_env"
+            raise FieldError(field, "a password needs a username: add username")
+        if self.username is not None and not (self.password_file or self.password_env):
+            raise FieldError(
+                "username",
+                "give the password with password_file or password_env (never in this file)",
+            )
+        if (self.certificate is None) != (self.private_key is None):
+            missing = "private_key" if self.private_key is None else "certificate"
+            raise FieldError(missing, "give the user certificate and its private_key together")
+        if self.username is None and self.certificate is None:
+            raise FieldError("username", "give a username or a certificate (or leave user out)")
+        return self
+
+
 class OpcUaDevice(_Strict):
     """An OPC UA server (a PLC or an edge server).
 
-    polling: one Read request for all points per interval. subscription: the server reports
-    changes (sampled and published every interval), the agent forwards them each interval.
-    Security and browse paths come with the rest of issue 4.
+    polling: one Read request for all points per interval. subscription: the server samples
+    and reports changes (published every interval), the agent forwards them each interval.
     """
 
     name: Name
@@ -556,7 +628,46 @@ class OpcUaDevice(_Strict):
     # then carries the time the agent received it.
     max_clock_skew: Annotated[Seconds, _duration(0, 86400)] = 300.0
     reconnect_max: Annotated[Seconds, _duration(0.1, 600)] = 10.0
+    # Subscription mode: the longest the server stays silent when nothing changes; a
+    # subscription silent for three of these is taken as lost.
+    keepalive: Annotated[Seconds, _duration(0.1, 600)] = 5.0
+    # How often points whose node the server does not know are looked up again.
+    resolve_retry: Annotated[Seconds, _duration(0.1, 86400)] = 30.0
+    security: OpcUaSecurity = OpcUaSecurity()
+    user: OpcUaUser | None = None
     points: Annotated[list[OpcUaPoint], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _mode_rules(self) -> OpcUaDevice:
+        for index, point in enumerate(self.points):
+            if self.mode == "polling":
+                for field in (
+                    "sampling_interval",
+                    "queue_size",
+                    "server_deadband",
+                    "server_deadband_percent",
+                ):
+                    if getattr(point, field) is not None:
+                        raise FieldError(
+                            ("points", index, field),
+                            f"{field} applies to subscriptions: set mode: subscription on "
+                            "the device, or remove it",
+                        )
+                no_deadband = point.deadband is None and point.deadband_percent is None
+                if point.heartbeat is not None and no_deadband:
+                    raise FieldError(
+                        ("points", index, "heartbeat"),
+                        "heartbeat only matters with a deadband or in subscription mode: "
+                        "without them every poll is published",
+                    )
+        user_certificate = self.user is not None and self.user.certificate is not None
+        if user_certificate and self.security.mode == "None":
+            raise FieldError(
+                ("user", "certificate"),
+                "a user certificate needs a secure channel: set security.mode to Sign or "
+                "SignAndEncrypt",
+            )
+        return self
 
 
 AnyDevice = ModbusDevice | OpcUaDevice
@@ -595,6 +706,18 @@ class Config(_Strict):
                 **{name: Path(fields[name]) for name in names if fields.get(name) is not None},
             }
 
+        def nested_opcua_settings(device: dict[str, Any]) -> dict[str, Any]:
+            nested: dict[str, Any] = {}
+            if "security" in device:
+                nested["security"] = OpcUaSecurity.model_construct(
+                    **paths(device["security"], "certificate", "private_key")
+                )
+            if device.get("user") is not None:
+                nested["user"] = OpcUaUser.model_construct(
+                    **paths(device["user"], "password_file", "certificate", "private_key")
+                )
+            return nested
+
         return cls.model_construct(
             agent=AgentSettings.model_construct(**paths(data["agent"], "data_dir")),
             mqtt=MqttSettings.model_construct(**paths(data["mqtt"], "password_file")),
@@ -603,6 +726,7 @@ class Config(_Strict):
                 _DEVICE_CLASSES[device["driver"]].model_construct(
                     **{
                         **paths(device, "serial_port"),
+                        **nested_opcua_settings(device),
                         "points": [
                             (
                                 OpcUaPoint if device["driver"] == "opcua" else ModbusPoint
