@@ -35,6 +35,9 @@ from rich.tree import Tree
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
+from agent.settings import OpcUaDevice
+from drivers.opcua.security import Pki, SecuritySetupError, prepare_client
+
 __all__ = [
     "BrowseError",
     "BrowseResult",
@@ -792,12 +795,23 @@ def export_yaml(result: BrowseResult, start: str) -> tuple[str, int, int]:
 
 
 async def _browse_endpoint(
-    endpoint: str, start: str, depth: int, answer_s: float, want_name: bool
+    endpoint: str,
+    start: str,
+    depth: int,
+    answer_s: float,
+    want_name: bool,
+    *,
+    secured_by: tuple[OpcUaDevice, Pki] | None = None,
 ) -> BrowseResult:
     client = Client(endpoint, timeout=answer_s)
     client.session_timeout = _SESSION_TIMEOUT_MS
     try:
+        if secured_by is not None:
+            device, pki = secured_by
+            await prepare_client(client, device, pki)
         await asyncio.wait_for(client.connect(), answer_s * 2)
+    except SecuritySetupError as exc:
+        raise BrowseError(f"Cannot open a secure session with {endpoint}: {exc}.") from None
     except (OSError, TimeoutError, UaError, ConnectionError) as exc:
         with contextlib.suppress(Exception):  # a half-open connection: nothing left to close
             await asyncio.wait_for(client.disconnect(), answer_s)
@@ -836,8 +850,10 @@ def browse_command(
     depth: int,
     export: Path | None,
     timeout: float,
+    secured_by: tuple[OpcUaDevice, Pki] | None = None,
 ) -> int:
-    """`shopfloor browse`: print the tree, write the export; the exit status (2: usage)."""
+    """`shopfloor browse`: print the tree, write the export; the exit status (2: usage).
+    `secured_by`: a configured device whose security, login and trust list the session uses."""
     try:
         if not _ENDPOINT.match(endpoint):
             raise UsageError(
@@ -855,7 +871,9 @@ def browse_command(
         return 2
     try:
         result = asyncio.run(
-            _browse_endpoint(endpoint, node.strip(), depth, timeout, export is not None)
+            _browse_endpoint(
+                endpoint, node.strip(), depth, timeout, export is not None, secured_by=secured_by
+            )
         )
     except UsageError as exc:
         _error(str(exc))

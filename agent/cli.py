@@ -183,8 +183,8 @@ def _parser() -> argparse.ArgumentParser:
 
     simulate = command(
         "simulate",
-        "Serve a simulated device (press-line PLC or power meter) over Modbus TCP, RTU over "
-        "TCP or RTU on a serial port.",
+        "Serve a simulated device: a press-line PLC or power meter over Modbus TCP, RTU over "
+        "TCP or RTU on a serial port, or a packaging line over OPC UA.",
         "shopfloor simulate modbus --device meter --port 5021",
     )
     simulate.epilog = (
@@ -194,7 +194,9 @@ def _parser() -> argparse.ArgumentParser:
         "  shopfloor simulate modbus --transport rtu-tcp --port 5022 --units 1,2,3\n"
         "  socat pty,raw,echo=0,link=/tmp/sim pty,raw,echo=0,link=/tmp/agent &\n"
         "  shopfloor simulate modbus --transport rtu --serial /tmp/sim --baudrate 19200\n"
-        "    (the agent then reads serial_port: /tmp/agent, baudrate: 19200)"
+        "    (the agent then reads serial_port: /tmp/agent, baudrate: 19200)\n"
+        "  shopfloor simulate opcua --port 4840\n"
+        "  shopfloor simulate opcua --port 4840 --secure --login operator:secret"
     )
     simulate.add_argument(
         "protocol",
@@ -247,6 +249,24 @@ def _parser() -> argparse.ArgumentParser:
         "following the same model; requests for other units get no answer, like an absent "
         "device (default 1), e.g. --units 1,2,3",
     )
+    simulate.add_argument(
+        "--secure",
+        action="store_true",
+        help="opcua: also offer Sign and SignAndEncrypt (Basic256Sha256, Aes128_Sha256_RsaOaep, "
+        "Aes256_Sha256_RsaPss) with a self-signed certificate kept in --pki",
+    )
+    simulate.add_argument(
+        "--pki",
+        type=Path,
+        default=Path("simulator-pki"),
+        metavar="DIR",
+        help="opcua --secure: where the server keeps its certificate (default ./simulator-pki)",
+    )
+    simulate.add_argument(
+        "--login",
+        metavar="USER:PASSWORD",
+        help="opcua: require this user name and password (no anonymous sessions)",
+    )
     simulate.set_defaults(handler=_simulate)
 
     browse = command(
@@ -261,9 +281,19 @@ def _parser() -> argparse.ArgumentParser:
         "  shopfloor browse opc.tcp://10.0.0.5:4840 --node 'ns=3;s=Line1' --depth 5\n"
         "  shopfloor browse opc.tcp://10.0.0.5:4840 --node 'nsu=urn:vendor:plc;s=Line1'\n"
         "  shopfloor browse opc.tcp://10.0.0.5:4840 --depth 6 --export line1.yaml\n"
-        "Quote node ids in the shell: they contain ';'. Security None, anonymous."
+        "  shopfloor browse --config /etc/shopfloor/agent.yaml --device filler\n"
+        "Quote node ids in the shell: they contain ';'. Without --config: security None, "
+        "anonymous; with it, the device's endpoint, security, login and trust list."
     )
-    browse.add_argument("endpoint", metavar="ENDPOINT", help="e.g. opc.tcp://10.0.0.5:4840")
+    browse.add_argument(
+        "endpoint", metavar="ENDPOINT", nargs="?", help="e.g. opc.tcp://10.0.0.5:4840"
+    )
+    browse.add_argument(
+        "--config", type=Path, metavar="CONFIG", help="take the session settings from this file"
+    )
+    browse.add_argument(
+        "--device", metavar="NAME", help="with --config: the OPC UA device to browse"
+    )
     browse.add_argument(
         "--node",
         default="i=85",
@@ -329,7 +359,11 @@ def _trust(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return EXIT_CONFIG
-    from agent.trust import trust_command  # asyncua: only when asked
+    try:
+        from agent.trust import trust_command  # asyncua: only when asked
+    except ImportError:
+        print("OPC UA needs the opcua extra: pip install 'shopfloor-agent[opcua]'", file=sys.stderr)
+        return EXIT_FAILED
 
     return trust_command(config, args.devices, certificate=args.certificate, yes=args.yes)
 
@@ -500,13 +534,35 @@ def _simulate_opcua(args: argparse.Namespace) -> int:
     except ImportError:
         print("OPC UA needs the opcua extra: pip install 'shopfloor-agent[opcua]'", file=sys.stderr)
         return EXIT_FAILED
-    server = SimulatedOpcUaServer(args.port, host=args.host, changing=True)
+    users = None
+    if args.login:
+        user, colon, password = args.login.partition(":")
+        if not (user and colon and password):
+            print("--login takes USER:PASSWORD, e.g. --login operator:secret", file=sys.stderr)
+            return EXIT_CONFIG
+        users = {user: password}
+    server = SimulatedOpcUaServer(
+        args.port,
+        host=args.host,
+        changing=True,
+        security=args.secure,
+        pki_dir=args.pki.resolve() if args.secure else None,
+        users=users,
+    )
     try:
         server.start()
     except OSError as exc:
         print(exc, file=sys.stderr)
         return EXIT_FAILED
     print(f"Simulated packaging line serving OPC UA on {server.endpoint}.")
+    if args.secure:
+        from drivers.opcua.security import certificate_summary
+
+        print("  security: None, Sign and SignAndEncrypt with the three current policies")
+        print(f"  certificate {server.certificate}")
+        print(f"    {certificate_summary(server.certificate.read_bytes())}")
+    if users:
+        print(f"  login required: user {next(iter(users))}")
     print(f"  namespace {NAMESPACE_URI} (index {server.namespace_index})")
     for variable in PACKAGING_LINE:
         unit = f" ({variable.unit})" if variable.unit else ""
@@ -585,12 +641,39 @@ def _browse(args: argparse.Namespace) -> int:
     except ImportError:
         print("OPC UA needs the opcua extra: pip install 'shopfloor-agent[opcua]'", file=sys.stderr)
         return EXIT_FAILED
+    secured_by = None
+    endpoint = args.endpoint
+    if (args.config is None) != (args.device is None):
+        print("--config and --device go together.", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.config is not None:
+        from agent.settings import OpcUaDevice
+        from drivers.opcua.security import Pki
+
+        config = _load(args.config)
+        if config is None:
+            return EXIT_CONFIG
+        devices = {d.name: d for d in config.devices if isinstance(d, OpcUaDevice)}
+        if args.device not in devices:
+            print(
+                f"No OPC UA device named {args.device} in {args.config} (OPC UA devices: "
+                f"{', '.join(devices) or 'none'}).",
+                file=sys.stderr,
+            )
+            return EXIT_CONFIG
+        device = devices[args.device]
+        secured_by = (device, Pki(config.agent.data_dir / "pki"))
+        endpoint = endpoint or device.endpoint
+    if endpoint is None:
+        print("Give an ENDPOINT, or --config and --device.", file=sys.stderr)
+        return EXIT_CONFIG
     return browse_command(
-        endpoint=args.endpoint,
+        endpoint=endpoint,
         node=args.node,
         depth=args.depth,
         export=args.export,
         timeout=args.timeout,
+        secured_by=secured_by,
     )
 
 

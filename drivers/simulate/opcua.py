@@ -10,9 +10,10 @@ test clients against a server whose namespace indexes moved after an update.
 Two enumerations: `Filler.State` (MachineState, described by an EnumStrings property, as most
 servers do) and `Labeler.Mode` (LabelerMode, described only by its DataTypeDefinition, as newer
 servers may). With `security=True` the server also offers Sign and SignAndEncrypt with the three
-current policies, with a self-signed certificate of its own in `pki_dir`; `users` makes it
-require a user name and password. `delete_variable` and `restore_variable` remove a variable and
-bring it back, to test clients against a PLC program that changed.
+current policies, with a self-signed certificate of its own in `pki_dir`; `users` (names and
+passwords) and `user_certificates` (DER) make it require a login. `delete_variable` and
+`restore_variable` remove a variable and bring it back, to test clients against a PLC program
+that changed.
 
 asyncua is imported here only: the agent loads this module only when asked to simulate OPC UA.
 """
@@ -25,6 +26,7 @@ import datetime as dt
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -36,6 +38,7 @@ from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.server.server import Server
 from asyncua.server.user_managers import UserManager
 from asyncua.ua.status_codes import StatusCodes
+from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from drivers.simulate.threaded import ThreadedServer
@@ -107,11 +110,13 @@ _SECURE_ENDPOINTS = [
 ]
 
 
-class _PasswordCheck(UserManager):
-    """Accepts the given users with their passwords, and nobody else (anonymous included)."""
+class _LoginCheck(UserManager):
+    """Accepts the given users with their passwords and the given user certificates, and
+    nobody else (anonymous included)."""
 
-    def __init__(self, users: dict[str, str]) -> None:
+    def __init__(self, users: dict[str, str], certificates: Sequence[bytes]) -> None:
         self.users = users
+        self.certificates = set(certificates)
 
     def get_user(
         self,
@@ -120,8 +125,18 @@ class _PasswordCheck(UserManager):
         password: str | None = None,
         certificate: Any = None,
     ) -> User | None:
-        if username is not None and self.users.get(username) == password:
-            return User(role=UserRole.User, name=username)
+        if username is not None:
+            if self.users.get(username) == password:
+                return User(role=UserRole.User, name=username)
+            return None
+        if certificate is not None:
+            der = (
+                certificate.public_bytes(Encoding.DER)
+                if hasattr(certificate, "public_bytes")
+                else certificate
+            )
+            if der in self.certificates:
+                return User(role=UserRole.User, name="certificate user")
         return None
 
 
@@ -147,6 +162,7 @@ class SimulatedOpcUaServer(ThreadedServer):
         security: bool = False,
         pki_dir: Path | None = None,
         users: dict[str, str] | None = None,
+        user_certificates: Sequence[bytes] = (),
     ) -> None:
         super().__init__()
         if security and pki_dir is None:
@@ -154,6 +170,7 @@ class SimulatedOpcUaServer(ThreadedServer):
         self.security = security
         self.pki_dir = pki_dir
         self.users = users
+        self.user_certificates = user_certificates
         self.host = host
         self.port = port
         self.changing = changing
@@ -248,14 +265,17 @@ class SimulatedOpcUaServer(ThreadedServer):
 
     async def _serve(self) -> None:
         assert self._stopping is not None
-        server = Server(user_manager=_PasswordCheck(self.users) if self.users else None)
+        login = bool(self.users or self.user_certificates)
+        server = Server(
+            user_manager=_LoginCheck(self.users or {}, self.user_certificates) if login else None
+        )
         await server.init()
         server.set_endpoint(self.endpoint)
         server.set_server_name("shopfloor-agent simulated packaging line")
         if self.security:
             await self._secure(server)
-        if self.users:
-            server.set_identity_tokens([ua.UserNameIdentityToken])
+        if login:
+            server.set_identity_tokens([ua.UserNameIdentityToken, ua.X509IdentityToken])
         for index in range(self.shift_namespace):
             await server.register_namespace(f"urn:shopfloor-agent:simulated:unused-{index}")
         namespace = await server.register_namespace(NAMESPACE_URI)

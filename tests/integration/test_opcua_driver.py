@@ -8,6 +8,9 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import itertools
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -23,6 +26,7 @@ from drivers.opcua.client import OpcUaDriver, WriteRefused
 from drivers.opcua.security import Pki
 from drivers.simulate.broker import free_port
 from drivers.simulate.opcua import NAMESPACE_URI, PACKAGING_LINE, SimulatedOpcUaServer
+from tests.conftest import REPO
 
 LINE = "/Objects/PackagingLine"
 
@@ -358,3 +362,73 @@ def test_writes_convert_to_the_node_data_type(server: SimulatedOpcUaServer, tmp_
     assert "Stopped, Starting, Running, Fault" in errors["filler.state"]
     assert "not a Boolean" in errors["filler.running"]
     assert "refused the write to server.state" in errors["server.state"]
+
+
+def test_a_frozen_secure_server_is_detected_and_the_session_recovers(tmp_path: Path):
+    """`shopfloor simulate opcua --secure --login` in a process of its own, frozen with
+    SIGSTOP (a half-open link: the socket stays up, nothing answers), then resumed."""
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "agent",
+            "simulate",
+            "opcua",
+            "--port",
+            str(port),
+            "--secure",
+            "--pki",
+            str(tmp_path / "server-pki"),
+            "--login",
+            "operator:secret",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        banner = [process.stdout.readline() for _ in range(5)]
+        assert "certificate" in banner[2] and "SHA-1 thumbprint" in banner[3], banner
+        assert "login required: user operator" in banner[4], banner
+        pki = Pki(tmp_path / "pki")
+        pki.trust((tmp_path / "server-pki" / "server-cert.der").read_bytes())
+        (tmp_path / "password").write_text("secret")
+        settings = OpcUaDevice.model_validate(
+            {
+                "name": "line",
+                "driver": "opcua",
+                "endpoint": f"opc.tcp://127.0.0.1:{port}/shopfloor/packaging-line",
+                "mode": "subscription",
+                "interval": "100ms",
+                "timeout": "1s",
+                "keepalive": "1s",
+                "security": {"mode": "SignAndEncrypt", "policy": "Aes128_Sha256_RsaOaep"},
+                "user": {"username": "operator", "password_file": str(tmp_path / "password")},
+                "points": [{"id": "speed", "node": f"{LINE}/Filler/Speed"}],
+            }
+        )
+
+        async def body(driver: OpcUaDriver) -> tuple[list[Sample], float, list[Sample]]:
+            before = await collect(driver, 1.0)
+            process.send_signal(signal.SIGSTOP)
+            frozen_at = time.monotonic()
+            with pytest.raises(NotConnected):
+                for _ in range(100):
+                    await driver.read(settings.points)
+                    await asyncio.sleep(0.1)
+            detected_after = time.monotonic() - frozen_at
+            process.send_signal(signal.SIGCONT)
+            await driver.connect()
+            return before, detected_after, await collect(driver, 1.0)
+
+        before, detected_after, after = run(settings, body, tmp_path)
+    finally:
+        process.send_signal(signal.SIGCONT)
+        process.terminate()
+        process.wait(15)
+    assert before and all(s.quality is Quality.GOOD for s in before)
+    assert detected_after < 5.0, "the dead link is noticed within a few timeouts"
+    assert after and after[-1].quality is Quality.GOOD

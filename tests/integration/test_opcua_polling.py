@@ -110,13 +110,15 @@ def test_read_command_prints_opcua_values_status_and_source_time(tmp_path: Path)
     assert "Traceback" not in result.stderr
 
 
-def test_subscription_mode_streams_changes_and_resubscribes_after_a_restart(
+def test_subscription_mode_streams_changes_and_resubscribes_after_a_restart_with_moved_namespaces(
     broker, subscriber_factory, agent_factory, tmp_path: Path
 ):
     server = SimulatedOpcUaServer(free_port(), changing=True, tick=0.05)
     server.start()
     try:
         device = {**opcua_device(server), "mode": "subscription", "interval": "100ms"}
+        # By browse path: still right after the restart below moves the namespace indexes.
+        device["points"][0]["node"] = "/Objects/PackagingLine/Filler/Speed"
         config = write_config(tmp_path, broker_port=broker.port, devices=[device])
         subscriber = subscriber_factory(broker.port)
         agent = agent_factory(config)
@@ -135,6 +137,7 @@ def test_subscription_mode_streams_changes_and_resubscribes_after_a_restart(
             lambda: subscriber.samples_of("filler.speed")[-1]["q"] == "bad",
             what="BAD samples while the server is gone",
         )
+        server.shift_namespace = 2  # the server comes back after an update
         server.start()
         seen = len(subscriber.samples_of("filler.speed"))
         subscriber.wait_for(
