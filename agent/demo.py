@@ -1,5 +1,6 @@
-"""`shopfloor demo`: a broker, a simulated press line and meter, the agent, and a live view of
-what arrives at the broker. Everything it starts, it stops on Ctrl-C."""
+"""`shopfloor demo`: a broker, a simulated press line and meter (Modbus) and packaging line
+(OPC UA), the agent, and a live view of what arrives at the broker. Everything it starts, it
+stops on Ctrl-C."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -25,6 +26,9 @@ from ruamel.yaml import YAML
 from agent.config import load_config
 from drivers.simulate.broker import BrokerNotFound, LocalBroker, free_port
 from drivers.simulate.modbus import build_simulator
+
+if TYPE_CHECKING:
+    from drivers.simulate.opcua import SimulatedOpcUaServer
 
 __all__ = ["BrokerView", "run_demo"]
 
@@ -119,19 +123,35 @@ def _render(view: BrokerView, units: dict[str, str], started: float) -> Group:
     return Group(*parts)
 
 
-def _write_config(mqtt_port: int, press_port: int, meter_port: int) -> Path:
+def _write_config(
+    mqtt_port: int, press_port: int, meter_port: int, opcua_endpoint: str | None
+) -> Path:
     yaml = YAML(typ="rt")
     document = yaml.load(DEMO_CONFIG.read_text(encoding="utf-8"))
     document["mqtt"]["port"] = mqtt_port
     document["agent"]["data_dir"] = str(DEMO_DIR / "data")
     ports = {"press3": press_port, "meter1": meter_port}
-    for device in document["devices"]:
-        device["port"] = ports[device["name"]]
+    for device in list(document["devices"]):
+        if device["driver"] != "opcua":
+            device["port"] = ports[device["name"]]
+        elif opcua_endpoint is None:
+            document["devices"].remove(device)
+        else:
+            device["endpoint"] = opcua_endpoint
     DEMO_DIR.mkdir(exist_ok=True)
     target = DEMO_DIR / "demo.yaml"
     with target.open("w", encoding="utf-8") as out:
         yaml.dump(document, out)
     return target
+
+
+def _packaging_line() -> SimulatedOpcUaServer | None:
+    """The OPC UA packaging line, when asyncua (the opcua extra) is installed."""
+    try:
+        from drivers.simulate.opcua import SimulatedOpcUaServer
+    except ImportError:
+        return None
+    return SimulatedOpcUaServer(free_port(), changing=True, tick=0.5)
 
 
 def run_demo(duration: float | None = None) -> int:
@@ -144,7 +164,10 @@ def run_demo(duration: float | None = None) -> int:
         return 1
     press = build_simulator("press-line", free_port())
     meter = build_simulator("meter", free_port())
-    config_path = _write_config(broker.port, press.port, meter.port)
+    packaging = _packaging_line()
+    config_path = _write_config(
+        broker.port, press.port, meter.port, packaging.endpoint if packaging else None
+    )
     config = load_config(config_path)
     units = {p.id: p.unit or "" for d in config.devices for p in d.points}
     root = f"{config.mqtt.topic_prefix}/{config.agent.id}"
@@ -157,9 +180,17 @@ def run_demo(duration: float | None = None) -> int:
         broker.start()
         press.start()
         meter.start()
+        if packaging is not None:
+            packaging.start()
         console.print(
             f"Broker on 127.0.0.1:{broker.port}, press-line PLC on :{press.port}, "
-            f"meter on :{meter.port}. Agent log: {log_path}"
+            f"meter on :{meter.port}, "
+            + (
+                f"packaging line on {packaging.endpoint}"
+                if packaging
+                else "no OPC UA packaging line (install the opcua extra for it)"
+            )
+            + f". Agent log: {log_path}"
         )
         view = BrokerView(broker.host, broker.port, root)
         with log_path.open("ab") as log:
@@ -196,6 +227,8 @@ def run_demo(duration: float | None = None) -> int:
             view.close()
         press.stop()
         meter.stop()
+        if packaging is not None:
+            packaging.stop()
         broker.__exit__()
     seen = len(view.latest) if view else 0
     console.print(f"Demo stopped. {seen} of {len(units)} points reached the broker.")

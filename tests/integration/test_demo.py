@@ -18,6 +18,6 @@ def test_demo_shows_every_point_arriving():
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "18 of 18 points reached the broker" in result.stdout
+    assert "23 of 23 points reached the broker" in result.stdout
     assert "agent online" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
