@@ -46,6 +46,7 @@ from drivers.simulate.threaded import ThreadedServer
 __all__ = [
     "ENUMERATIONS",
     "NAMESPACE_URI",
+    "OTHER_NODE_ID_FORMS",
     "PACKAGING_LINE",
     "SimulatedOpcUaServer",
     "SimulatedVariable",
@@ -92,6 +93,14 @@ PACKAGING_LINE: tuple[SimulatedVariable, ...] = (
     SimulatedVariable("Filler.State", ua.VariantType.Int32, 2, enumeration="MachineState"),
     SimulatedVariable("Labeler.Mode", ua.VariantType.Int32, 1, enumeration="LabelerMode"),
 )
+
+# Variables under PackagingLine/Ids whose node ids take the other standard forms:
+# browse name -> (identifier, value).
+OTHER_NODE_ID_FORMS: dict[str, tuple[str, float]] = {
+    "Numeric": ("i=1001", 1.5),
+    "Guid": ("g=09087e75-8e5e-499b-954f-f2a9603db28a", 2.5),
+    "Opaque": ("b=AQJvcGFxdWU=", 3.5),
+}
 
 # Enumeration data types: name -> value names (value = position).
 ENUMERATIONS: dict[str, tuple[str, ...]] = {
@@ -306,6 +315,15 @@ class SimulatedOpcUaServer(ThreadedServer):
                 )
             if variable.path not in self._deleted:
                 await self._add_variable(parents[parent_name], variable, namespace)
+        ids = await line.add_object(
+            _node_id("PackagingLine.Ids", namespace), ua.QualifiedName("Ids", namespace)
+        )
+        for name, (identifier, value) in OTHER_NODE_ID_FORMS.items():
+            await ids.add_variable(
+                ua.NodeId.from_string(f"ns={namespace};{identifier}"),
+                ua.QualifiedName(name, namespace),
+                ua.Variant(value, ua.VariantType.Double),
+            )
         await server.start()
         self._server = server
         self._ready()

@@ -25,7 +25,12 @@ from drivers.base import NotConnected
 from drivers.opcua.client import OpcUaDriver, WriteRefused
 from drivers.opcua.security import Pki
 from drivers.simulate.broker import free_port
-from drivers.simulate.opcua import NAMESPACE_URI, PACKAGING_LINE, SimulatedOpcUaServer
+from drivers.simulate.opcua import (
+    NAMESPACE_URI,
+    OTHER_NODE_ID_FORMS,
+    PACKAGING_LINE,
+    SimulatedOpcUaServer,
+)
 from tests.conftest import REPO
 
 LINE = "/Objects/PackagingLine"
@@ -119,6 +124,29 @@ def test_every_type_arrives_with_its_value_quality_and_source_time(
         assert type(sample.value) is type(value) or float_value, path
         # The server's source time: written when the simulator started, before this test read.
         assert sample.ts <= time.time() * 1000 and sample.ts > before - 60_000, path
+
+
+def test_every_node_id_form_reads(server: SimulatedOpcUaServer, tmp_path: Path):
+    index = server.namespace_index
+    points = [
+        {"id": name.lower(), "node": f"ns={index};{identifier}"}
+        for name, (identifier, _) in OTHER_NODE_ID_FORMS.items()
+    ]
+    points.append(
+        {"id": "by_uri", "node": f"nsu={NAMESPACE_URI};g=09087e75-8e5e-499b-954f-f2a9603db28a"}
+    )
+    points.append({"id": "by_path", "node": f"{LINE}/Ids/2:Opaque"})  # with a namespace index
+    points.append({"id": "server_state", "node": "i=2259"})  # namespace 0, an enumeration
+    samples = run(device(server, points), lambda d: d.read(d.device.points), tmp_path)
+    values = {s.point: s.value for s in samples}
+    assert values == {
+        "numeric": 1.5,
+        "guid": 2.5,
+        "opaque": 3.5,
+        "by_uri": 2.5,
+        "by_path": 3.5,
+        "server_state": "Running",
+    }
 
 
 def test_enumerations_can_be_published_as_numbers(server: SimulatedOpcUaServer, tmp_path: Path):
