@@ -117,6 +117,9 @@ class OpcUaDriver:
         self._next_handle = 1
         self._changes: list[Sample] = []
         self._subscription_broken: str | None = None
+        # Set when the server's notifications arrive: a read() that finds nothing waits for
+        # them, so changes are forwarded as they come instead of up to an interval later.
+        self._notified = asyncio.Event()
         self._last_change: dict[str, Sample] = {}
         self._last_sent_ms: dict[str, int] = {}
 
@@ -440,13 +443,22 @@ class OpcUaDriver:
                         self._health.extra.get("dropped_changes", 0) + 1
                     )
                 self._changes.append(sample)
+                self._notified.set()
             elif isinstance(event, StatusChangeEvent):
                 status = event.notification.Status
                 self._subscription_broken = (
                     f"the server ended the subscription: {_status_name(status)}"
                 )
+                self._notified.set()
 
     async def _drain(self, client: Client, points: Sequence[OpcUaPoint]) -> list[Sample]:
+        if not self._changes and self._subscription is not None:
+            # The device task calls every interval, the server publishes every interval: wait
+            # for this interval's publication (the consumer hands over a whole publication
+            # before this wakes up), which keeps the two in step.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._notified.wait(), self.device.interval * 0.9)
+        self._notified.clear()
         if self._subscription_broken is not None:
             await self._lost(self._subscription_broken)
         subscription = self._subscription
