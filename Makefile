@@ -42,6 +42,7 @@ test: install lint typecheck
 bench: install
 	$(BIN)/python -m bench.modbus_500 --check --duration 90 --rounds 3
 	$(BIN)/python -m bench.modbus_planner --check --duration 60
+	$(BIN)/python -m bench.opcua_subscribe --check --duration 60 --rounds 2
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

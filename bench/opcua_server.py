@@ -29,6 +29,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import cast
 
 from asyncua import ua
 from asyncua.server.server import Server
@@ -67,13 +68,13 @@ async def serve(args: argparse.Namespace) -> None:
     server.set_server_name("shopfloor-agent benchmark server")
     namespace = await server.register_namespace(NAMESPACE_URI)
     folder = await server.nodes.objects.add_object(
-        ua.NodeId("Bench", namespace), ua.QualifiedName("Bench", namespace)
+        ua.NodeId.from_string(f"ns={namespace};s=Bench"), ua.QualifiedName("Bench", namespace)
     )
     node_ids = []
     for index in range(args.points):
         name = node_name(index)
         node = await folder.add_variable(
-            ua.NodeId(name, namespace),
+            ua.NodeId.from_string(f"ns={namespace};s={name}"),
             ua.QualifiedName(name, namespace),
             ua.Variant(value_of(index, 0), ua.VariantType.Double),
         )
@@ -107,7 +108,7 @@ async def serve(args: argparse.Namespace) -> None:
                     pass
             step += 1
             began = time.monotonic()
-            now = dt.datetime.now(dt.UTC)
+            now = cast(ua.DateTime, dt.datetime.now(dt.UTC))  # asyncua's own datetime type
             for index, node_id in enumerate(node_ids):
                 await write(
                     node_id,

@@ -23,8 +23,9 @@ measures:
 
 - values/s received at the broker, and values/s the server produced (its own counters),
 - delivered: of the values the server wrote in the window, the share that reached the broker
-  (matched by their source timestamp, after a grace of two periods plus a second for the last
-  ones to arrive; exact, where counting arrivals would be off by a whole 1,000-value batch),
+  (matched by point and source timestamp, after a grace of two periods plus a second for the
+  last ones to arrive; exact, where counting arrivals would be off by a whole 1,000-value
+  batch), and the values received twice (QoS 1 allows it; the agent should not do it),
 - CPU seconds (utime + stime from /proc/PID/stat) per 1,000 values received,
 - peak RSS (VmHWM from /proc/PID/status, read just before stopping the process),
 - source -> broker latency: arrival wall time minus each value's source timestamp (for the
@@ -36,13 +37,16 @@ Targets (`--check`), per workload:
 - the server produced at least 95 % of its nominal rate in every window (else the run measured
   a server that could not keep up, not the agent),
 - the agent delivered at least 95 % of the values the server produced,
-- the agent's CPU per 1,000 values at most 2.0 x the bare script's,
-- the agent's peak RSS at most 1.5 x the bare script's.
+- the agent's CPU per 1,000 values at most 1.75 x the bare script's,
+- the agent's peak RSS at most 1.35 x the bare script's.
 
-The CPU and RSS limits were set after measuring (see the README): what the agent adds to
-asyncua's own work (one task per notification in asyncua's callback mode, the sample and its
-JSON, the outbox) and to its memory (the agent's own modules, pydantic, SQLite) has to stay
-within them; they are not chosen so that any run passes.
+The CPU and RSS limits were set after measuring, on a busy 2-core machine: CPU 1.36 to 1.60 x
+pooled (single rounds 1.26 to 1.73), RSS 1.25 to 1.27 x (about 14 MiB more than asyncua + paho
+alone: the agent's own modules, pydantic, SQLite). They leave room for the noise of a shared
+machine, where the agent uses 2 to 4 % of one core and a tenth of a CPU-second decides a round,
+but not for a real regression: what the agent adds per value to the bare script's work (its
+sample, the outbox, the device task) has to stay below three quarters of that work, and its
+memory within about 5 MiB of today's.
 
 The table goes to stdout, the figures to bench/results/opcua_subscribe.json. The exit status is
 0 whatever the figures; with `--check` it is 1 when a target fails or a run could not be made.
@@ -91,8 +95,8 @@ FIRST_MESSAGE_TIMEOUT_S = 30.0
 
 DELIVERED_TARGET = 0.95
 SERVER_RATE_TARGET = 0.95
-CPU_RATIO_TARGET = 2.0
-RSS_RATIO_TARGET = 1.5
+CPU_RATIO_TARGET = 1.75
+RSS_RATIO_TARGET = 1.35
 
 
 @dataclass(frozen=True)
@@ -127,6 +131,7 @@ class RunResult:
     window_s: float = 0.0
     values: int = 0
     bad_values: int = 0
+    duplicate_values: int = 0  # received again (same point and source timestamp)
     messages: int = 0
     unreadable_messages: int = 0  # not JSON in the expected shape
     values_per_s: float = 0.0
@@ -158,6 +163,7 @@ class RunResult:
 class Window:
     values: int = 0
     bad: int = 0
+    duplicates: int = 0  # a point's value with a source timestamp already received
     messages: int = 0
     # Latency in tenths of a millisecond -> number of values with it.
     latency: Counter[int] = field(default_factory=Counter)
@@ -165,8 +171,8 @@ class Window:
 
 class Subscriber:
     """Counts the metric messages of one publisher as they arrive at the broker, in a window,
-    and over the whole run the values per source timestamp (the server writes all values of a
-    tick with the same one)."""
+    and over the whole run which points arrived with which source timestamp (the server writes
+    all values of a tick with the same one)."""
 
     def __init__(self, port: int, topic: str) -> None:
         self._lock = threading.Lock()
@@ -174,7 +180,7 @@ class Subscriber:
         self._first = threading.Event()
         self.first_arrival: float | None = None  # time.monotonic()
         self._window: Window | None = None
-        self.by_source_ts: Counter[int] = Counter()
+        self._points_by_ts: dict[int, set[str]] = {}
         self.errors = 0
         self._client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=f"bench-sub-{os.getpid()}"
@@ -208,9 +214,14 @@ class Subscriber:
         return window
 
     def delivered(self, after_ts: int, until_ts: int) -> int:
-        """Values received whose source timestamp is in (after_ts, until_ts]."""
+        """Distinct values (point, source timestamp) received with a timestamp in
+        (after_ts, until_ts]: a value received twice counts once."""
         with self._lock:
-            return sum(n for ts, n in self.by_source_ts.items() if after_ts < ts <= until_ts)
+            return sum(
+                len(points)
+                for ts, points in self._points_by_ts.items()
+                if after_ts < ts <= until_ts
+            )
 
     def _on_message(self, _client: Any, _userdata: Any, message: mqtt.MQTTMessage) -> None:
         arrival_ms = time.time_ns() / 1e6
@@ -219,19 +230,27 @@ class Subscriber:
             self._first.set()
         try:
             samples = json.loads(message.payload)["samples"]
-            stamps = Counter(sample["ts"] for sample in samples)
+            values = [(sample["p"], sample["ts"]) for sample in samples]
+            stamps = Counter(ts for _point, ts in values)
             bad = sum(1 for sample in samples if sample["q"] != "good")
         except (ValueError, KeyError, TypeError):
             self.errors += 1
             return
         with self._lock:
-            self.by_source_ts.update(stamps)
+            duplicates = 0
+            for point, ts in values:
+                points = self._points_by_ts.setdefault(ts, set())
+                if point in points:
+                    duplicates += 1
+                else:
+                    points.add(point)
             window = self._window
             if window is None:
                 return
             window.messages += 1
             window.values += len(samples)
             window.bad += bad
+            window.duplicates += duplicates
             for ts, count in stamps.items():
                 window.latency[round((arrival_ms - ts) * 10)] += count
 
@@ -362,6 +381,7 @@ def measure(
         result.window_s = round(elapsed, 3)
         result.values = window.values
         result.bad_values = window.bad
+        result.duplicate_values = window.duplicates
         result.messages = window.messages
         result.unreadable_messages = subscriber.errors
         result.values_per_s = round(window.values / elapsed, 1)
@@ -486,6 +506,7 @@ def combine(runs: list[RunResult], workload: Workload) -> RunResult:
         window_s=round(window, 1),
         values=values,
         bad_values=sum(run.bad_values for run in runs),
+        duplicate_values=sum(run.duplicate_values for run in runs),
         messages=messages,
         unreadable_messages=sum(run.unreadable_messages for run in runs),
         values_per_s=round(values / window, 1) if window else 0.0,
@@ -574,6 +595,7 @@ ROWS: list[tuple[str, str, str]] = [
     ("values/s at the broker", "values_per_s", "{:,.0f}"),
     ("values/s written by the server", "server_values_per_s", "{:,.0f}"),
     ("delivered, % of written", "delivered_fraction", "{:.1%}"),
+    ("values received twice", "duplicate_values", "{:,}"),
     ("messages/s at the broker", "messages_per_s", "{:,.1f}"),
     ("CPU s per 1,000 values", "cpu_s_per_1000_values", "{:.4f}"),
     ("CPU % of one core", "cpu_percent", "{:.1f}"),
@@ -586,7 +608,13 @@ ROWS: list[tuple[str, str, str]] = [
     ("broker CPU %", "broker_cpu_percent", "{:.0f}"),
 ]
 # Rows whose agent/bare ratio means nothing (the server's figures, a share, a latency).
-NO_RATIO = {"server_values_per_s", "delivered_fraction", "server_cpu_percent"}
+NO_RATIO = {
+    "server_values_per_s",
+    "delivered_fraction",
+    "duplicate_values",
+    "server_cpu_percent",
+    "broker_cpu_percent",
+}
 
 
 def report(
@@ -623,6 +651,12 @@ def report(
         for run in pair.values():
             if run.error:
                 console.print(f"[red]{run.subject} {run.workload} failed:[/] {run.error}")
+            if run.duplicate_values:
+                console.print(
+                    f"[yellow]{run.subject} {run.workload}: {run.duplicate_values:,} values "
+                    f"received twice ({run.duplicate_values / max(run.values, 1):.1%} of "
+                    "those received)[/]"
+                )
             if run.bad_values or run.unreadable_messages:
                 console.print(
                     f"[yellow]{run.subject} {run.workload}: {run.bad_values} BAD values, "

@@ -18,6 +18,7 @@ import datetime as dt
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,8 @@ _ENUMERATION = 29  # the Enumeration data type, base of every enumeration
 # Changes kept between two reads at most; more means the device task stopped reading.
 _MAX_PENDING_CHANGES = 200_000
 _COMMUNICATION_ERRORS = (OSError, TimeoutError, UaError, ConnectionError)
+_SESSION_GONE = (StatusCodes.BadSessionIdInvalid, StatusCodes.BadSessionClosed)
+_FLOAT_MAX = 3.4028234663852886e38
 # Login and certificate refusals: the user must change something, retrying does not help.
 _ACCESS_DENIED = {
     StatusCodes.BadUserAccessDenied,
@@ -115,13 +118,21 @@ class OpcUaDriver:
         self._points_by_handle: dict[int, OpcUaPoint] = {}
         self._monitored_item_ids: dict[str, int] = {}  # point id -> the server's item id
         self._next_handle = 1
-        self._changes: list[Sample] = []
+        self._changes: deque[Sample] = deque()
+        self._subscription_id: int | None = None
+        self._subscribed_at = 0.0
+        self._keepalive_s = math.inf  # the server publishes at least this often
+        self._silence_limit = math.inf  # seconds without any publication: the link is dead
+        self._last_probe = 0.0
         self._subscription_broken: str | None = None
         # Set when the server's notifications arrive: a read() that finds nothing waits for
         # them, so changes are forwarded as they come instead of up to an interval later.
         self._notified = asyncio.Event()
         self._last_change: dict[str, Sample] = {}
         self._last_sent_ms: dict[str, int] = {}
+        # The server's operation limits (0: none): requests are split to fit them.
+        self._max_nodes_per_read = 0
+        self._max_monitored_items_per_call = 0
 
     @property
     def endpoint(self) -> str:
@@ -134,25 +145,55 @@ class OpcUaDriver:
         """Open a (secure) session, resolve every point and, in subscription mode, subscribe."""
         await self.close()
         self._health.set_state(LinkState.CONNECTING)
-        client = Client(self.device.endpoint, timeout=self.device.timeout)
+        timeout = self.device.timeout
+        # asyncua's own watchdog reads the server state every `watchdog_intervall` with that
+        # as its timeout: never shorter than the device's timeout, or a slow link flaps.
+        client = Client(self.device.endpoint, timeout=timeout, watchdog_intervall=max(1.0, timeout))
         client.session_timeout = _SESSION_TIMEOUT_MS
+        session_open = False
         try:
             await prepare_client(client, self.device, self.pki)
-            await asyncio.wait_for(client.connect(), self.device.timeout * 2)
-        except SecuritySetupError as exc:
-            self._down(str(exc))
-        except UaStatusCodeError as exc:
-            self._down(self._refusal(exc))
-        except _COMMUNICATION_ERRORS as exc:
-            self._down(f"cannot open a session with {self.endpoint}: {_describe(exc)}")
-        self._client = client
-        try:
+            # Hello, secure channel, CreateSession, ActivateSession: each bounded by `timeout`.
+            await asyncio.wait_for(client.connect(), timeout * 6)
+            session_open = True
+            self._variables = {}
+            await self._read_limits(client)
             await self._resolve(client, self.device.points)
             if self.device.mode == "subscription":
                 await self._subscribe(client)
-        except _COMMUNICATION_ERRORS as exc:
-            await self._lost(f"connection lost while setting up the session: {_describe(exc)}")
+        except BaseException as exc:
+            self._stop_consumer()
+            await _dispose(client, timeout)
+            if isinstance(exc, SecuritySetupError):
+                self._down(str(exc))
+            if isinstance(exc, UaStatusCodeError) and not session_open:
+                self._down(self._refusal(exc))
+            if isinstance(exc, _COMMUNICATION_ERRORS):
+                what = "lost while setting up" if session_open else "cannot open"
+                self._down(f"{what} a session with {self.endpoint}: {_describe(exc)}")
+            raise
+        self._client = client
         self._health.set_state(LinkState.CONNECTED)
+
+    async def _read_limits(self, client: Client) -> None:
+        """The server's MaxNodesPerRead and MaxMonitoredItemsPerCall, where it says them."""
+        nodes = [client.get_node(ua.NodeId(ua.Int32(i))) for i in (11705, 11714)]
+        limits = []
+        for data in await client.read_attributes(nodes):
+            value = data.Value.Value if data.Value is not None else None
+            good = data.StatusCode is None or data.StatusCode.is_good()
+            limits.append(int(value) if good and isinstance(value, int) else 0)
+        self._max_nodes_per_read, self._max_monitored_items_per_call = limits
+
+    async def _read_values(
+        self, client: Client, nodes: Sequence[Node], attribute: AttributeIds = AttributeIds.Value
+    ) -> list[ua.DataValue]:
+        """One Read request, or as many as the server's MaxNodesPerRead asks for; none for no
+        nodes (servers answer an empty Read with Bad_NothingToDo)."""
+        values: list[ua.DataValue] = []
+        for chunk in _chunks(nodes, self._max_nodes_per_read):
+            values += await client.read_attributes(chunk, attribute)
+        return values
 
     def _refusal(self, exc: UaStatusCodeError) -> str:
         code = exc.code
@@ -174,15 +215,20 @@ class OpcUaDriver:
 
     async def close(self) -> None:
         """Close the session (the server deletes its subscriptions with it); never raises."""
+        self._stop_consumer()
+        self._subscription = None
+        # A write racing a reconnect must not use a node of the old session.
+        self._variables = {
+            point_id: v for point_id, v in self._variables.items() if isinstance(v, str)
+        }
+        client, self._client = self._client, None
+        if client is not None:
+            await _dispose(client, self.device.timeout)
+
+    def _stop_consumer(self) -> None:
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
             consumer.cancel()
-        self._subscription = None
-        client, self._client = self._client, None
-        if client is not None:
-            # The server may be gone already; there is nothing left to close then.
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.disconnect(), self.device.timeout)
 
     def health(self) -> Health:
         """State, since when, last error and counters."""
@@ -218,11 +264,11 @@ class OpcUaDriver:
                     if uri not in namespaces:
                         raise NodeNotFound(f"namespace {uri} is unknown to the server")
                     text = f"ns={namespaces.index(uri)};{identifier}"
-                found[point.id] = client.get_node(ua.NodeId.from_string(text))
+                found[point.id] = client.get_node(_node_id(text))
             except NodeNotFound as exc:
                 self._variables[point.id] = str(exc)
         ids = list(found)
-        types = await client.read_attributes([found[i] for i in ids], AttributeIds.DataType)
+        types = await self._read_values(client, [found[i] for i in ids], AttributeIds.DataType)
         enums: dict[ua.NodeId, dict[int, str] | None] = {}
         by_id = {point.id: point for point in points}
         resolved = []
@@ -238,8 +284,12 @@ class OpcUaDriver:
             if data_type not in enums:
                 try:
                     enums[data_type] = await _enumeration_names(client, data_type)
-                except UaStatusCodeError:
+                except UaStatusCodeError as exc:
+                    if exc.code in _SESSION_GONE:
+                        raise
                     enums[data_type] = None  # a type the server describes oddly: plain values
+                except UaError:
+                    enums[data_type] = None
             self._variables[point_id] = _Variable(found[point_id], data_type, enums[data_type])
             resolved.append(by_id[point_id])
         unknown = any(isinstance(v, str) for v in self._variables.values())
@@ -256,8 +306,9 @@ class OpcUaDriver:
         if found and self.device.mode == "subscription" and self._subscription is not None:
             await self._monitor(self._subscription, found)
         for point in found:
-            log.info("Point %s was found on %s again.", point.id, self.endpoint)
-            self._refusals.pop(point.id, None)
+            if isinstance(self._variables.get(point.id), _Variable):
+                log.info("Point %s was found on %s again.", point.id, self.endpoint)
+                self._refusals.pop(point.id, None)
 
     def _reason(self, point: OpcUaPoint) -> str:
         """Why a point has no value; logged once per point and reason."""
@@ -293,7 +344,7 @@ class OpcUaDriver:
         nodes = [self._variable(p).node for p in readable]
         self._health.requests += 1
         try:
-            values = await client.read_attributes(nodes)
+            values = await self._read_values(client, nodes)
         except _COMMUNICATION_ERRORS as exc:
             await self._lost(f"connection lost: {_describe(exc)}")
         self._health.reads += 1
@@ -348,10 +399,12 @@ class OpcUaDriver:
 
     async def _subscribe(self, client: Client) -> None:
         """One subscription for all points, with the keep-alive the device asks for."""
-        self._changes = []
+        self._changes = deque()
         self._subscription_broken = None
         self._points_by_handle = {}
         self._monitored_item_ids = {}
+        self._last_change = {}
+        self._last_sent_ms = {}
         self._next_handle = 1
         interval_ms = self.device.interval * 1000
         keepalive_count = max(1, math.ceil(self.device.keepalive / self.device.interval))
@@ -368,21 +421,52 @@ class OpcUaDriver:
         subscription = await client.create_subscription(params, None, queue_maxsize=0)
         self._subscription = subscription
         self._consumer = asyncio.create_task(self._consume(subscription))
+        await self._keep_alive_as_configured(subscription)
         readable = [p for p in self.device.points if isinstance(self._variables[p.id], _Variable)]
         if readable:
             await self._monitor(subscription, readable)
+
+    async def _keep_alive_as_configured(self, subscription: Subscription) -> None:
+        """Set the keep-alive for the publishing interval the server granted (a server may
+        revise it, and asyncua then picks a keep-alive of its own), and take the silence
+        limit from what the server finally says."""
+        interval_ms = float(subscription.parameters.RequestedPublishingInterval)
+        keepalive_count = max(1, math.ceil(self.device.keepalive * 1000 / interval_ms))
+        self._subscription_id = subscription.subscription_id
+        self._subscribed_at = time.monotonic()
+        if subscription.parameters.RequestedMaxKeepAliveCount == keepalive_count:
+            # As asked: nothing to change (a change would delay the first publication).
+            self._keepalive_s = keepalive_count * interval_ms / 1000
+            self._silence_limit = 3 * self._keepalive_s + self.device.timeout
+            return
+        update = ua.ModifySubscriptionParameters()
+        update.SubscriptionId = subscription.subscription_id
+        update.RequestedPublishingInterval = interval_ms
+        update.RequestedMaxKeepAliveCount = keepalive_count
+        update.RequestedLifetimeCount = max(
+            3 * keepalive_count, math.ceil(_SESSION_TIMEOUT_MS / interval_ms)
+        )
+        update.MaxNotificationsPerPublish = 0
+        update.Priority = 0
+        result = await subscription.update(update)
+        self._keepalive_s = (
+            result.RevisedPublishingInterval * result.RevisedMaxKeepAliveCount / 1000
+        )
+        self._silence_limit = 3 * self._keepalive_s + self.device.timeout
 
     async def _monitor(self, subscription: Subscription, points: Sequence[OpcUaPoint]) -> None:
         """Create the points' monitored items, each with its sampling, queue and deadband. An
         item left from an earlier try (its node deleted, then found again) is deleted first."""
         known = self._monitored_item_ids
         stale = [known.pop(p.id) for p in points if p.id in known]
-        if stale:
-            with contextlib.suppress(UaStatusCodeError):
-                await subscription.unsubscribe(stale)
+        # Forgotten before the await: a late notification of the old item changes nothing.
+        ids = {p.id for p in points}
         self._points_by_handle = {
-            handle: point for handle, point in self._points_by_handle.items() if point not in points
+            handle: point for handle, point in self._points_by_handle.items() if point.id not in ids
         }
+        if stale:
+            with contextlib.suppress(UaError):
+                await subscription.unsubscribe(stale)
         requests = []
         handles = []
         for point in points:
@@ -391,7 +475,9 @@ class OpcUaDriver:
             requests.append(self._monitored_item(point, handle))
             handles.append(handle)
             self._points_by_handle[handle] = point
-        results = await subscription.create_monitored_items(requests)
+        results: list[int | ua.StatusCode] = []
+        for chunk in _chunks(requests, self._max_monitored_items_per_call):
+            results += await subscription.create_monitored_items(chunk)
         for point, handle, result in zip(points, handles, results, strict=True):
             if isinstance(result, ua.StatusCode):
                 # Refused (e.g. BadNodeIdUnknown, BadFilterNotAllowed): BAD at each read.
@@ -438,7 +524,7 @@ class OpcUaDriver:
                 sample = self._sample(point, event.data.monitored_item.Value, now_ms())
                 self._last_change[point.id] = sample
                 if len(self._changes) >= _MAX_PENDING_CHANGES:
-                    del self._changes[0]
+                    self._changes.popleft()
                     self._health.extra["dropped_changes"] = (
                         self._health.extra.get("dropped_changes", 0) + 1
                     )
@@ -459,19 +545,13 @@ class OpcUaDriver:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._notified.wait(), self.device.interval * 0.9)
         self._notified.clear()
-        if self._subscription_broken is not None:
-            await self._lost(self._subscription_broken)
-        subscription = self._subscription
-        if subscription is not None and subscription.last_publish_at is not None:
-            silent = time.monotonic() - subscription.last_publish_at
-            if silent > 3 * max(self.device.keepalive, self.device.interval) + self.device.timeout:
-                await self._lost(
-                    f"the subscription on {self.endpoint} has been silent for {silent:.0f}s "
-                    "(no data and no keep-alive)"
-                )
-        changes, self._changes = self._changes, []
-        if not changes:
-            # Nothing changed, or the link is silently dead: one small read tells them apart.
+        await self._check_subscription()
+        changes = list(self._changes)
+        self._changes.clear()
+        if not changes and time.monotonic() - self._last_probe >= 1.0:
+            # Nothing changed, or the link is silently dead: one small read tells them apart
+            # (at most once a second, whatever the interval).
+            self._last_probe = time.monotonic()
             try:
                 await client.read_attributes([client.get_node(_SERVER_STATE)])
             except _COMMUNICATION_ERRORS as exc:
@@ -482,10 +562,19 @@ class OpcUaDriver:
             self._health.last_good_read_ms = received
         for sample in changes:
             self._last_sent_ms[sample.point] = received
-        # Heartbeat: the server reports changes only; an unchanged value is confirmed by the
-        # live subscription (checked above) and sent again with this time.
-        for point in points:
+        # Heartbeat: the server reports changes only; an unchanged value is confirmed by a
+        # live subscription (one that published or sent a keep-alive lately) and sent again
+        # with this time.
+        last_publication = (
+            self._subscription.last_publish_at if self._subscription is not None else None
+        )
+        confirmed = last_publication is not None and (
+            time.monotonic() - last_publication <= 1.5 * self._keepalive_s + self.device.interval
+        )
+        for point in points if confirmed else ():
             if point.heartbeat is None or point.id not in self._last_change:
+                continue
+            if not isinstance(self._variables.get(point.id), _Variable):
                 continue
             if received - self._last_sent_ms.get(point.id, 0) >= point.heartbeat * 1000:
                 changes.append(self._last_change[point.id]._replace(ts=received))
@@ -496,6 +585,27 @@ class OpcUaDriver:
             if isinstance(self._variables.get(p.id), str)
         ]
         return changes + refused
+
+    async def _check_subscription(self) -> None:
+        """Raise NotConnected when the subscription is no longer what it was: ended by the
+        server, silent beyond three keep-alives, recreated by asyncua's watchdog (which does
+        that to a silent one), or its notifications no longer read."""
+        if self._subscription_broken is not None:
+            await self._lost(self._subscription_broken)
+        subscription = self._subscription
+        if subscription is None:
+            return
+        if self._consumer is None or self._consumer.done():
+            await self._lost("the subscription's notifications are no longer read")
+        if subscription.subscription_id != self._subscription_id:
+            await self._lost(f"the subscription on {self.endpoint} went silent and was recreated")
+        last = subscription.last_publish_at or self._subscribed_at
+        silent = time.monotonic() - last
+        if silent > self._silence_limit:
+            await self._lost(
+                f"the subscription on {self.endpoint} has been silent for {silent:.0f}s "
+                "(no data and no keep-alive)"
+            )
 
     def subscribe(self, points: Sequence[OpcUaPoint]) -> AsyncIterator[Sample]:
         """Changes come through read() in subscription mode (the device task drains them)."""
@@ -515,9 +625,17 @@ class OpcUaDriver:
             raise WriteRefused(f"{point.id} cannot be written: {variable or 'not resolved'}")
         try:
             if variable.variant_type is None:
-                variable.variant_type = await data_type_to_variant_type(
-                    client.get_node(variable.data_type)
-                )
+                try:
+                    variable.variant_type = await data_type_to_variant_type(
+                        client.get_node(variable.data_type)
+                    )
+                except UaError as exc:
+                    if isinstance(exc, UaStatusCodeError) and exc.code in _SESSION_GONE:
+                        raise
+                    raise WriteRefused(
+                        f"cannot tell how to encode a value of {point.id}'s data type "
+                        f"{variable.data_type}: {_describe(exc)}"
+                    ) from None
             variant = _variant(point, variable, value)
             await variable.node.write_attribute(AttributeIds.Value, ua.DataValue(variant))
         except UaStatusCodeError as exc:
@@ -616,7 +734,7 @@ def _scalar(point: OpcUaPoint, variable: _Variable, value: Any) -> Any:
     if kind in _INTEGER_RANGES:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError(f"{value!r} is not a number for {point.id}")
-        if value != int(value):
+        if not math.isfinite(value) or value != int(value):
             raise ValueError(f"{point.id} holds whole numbers ({kind.name}); got {value!r}")
         low, high = _INTEGER_RANGES[kind]
         if not low <= int(value) <= high:
@@ -625,6 +743,8 @@ def _scalar(point: OpcUaPoint, variable: _Variable, value: Any) -> Any:
     if kind in (ua.VariantType.Float, ua.VariantType.Double):
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError(f"{value!r} is not a number for {point.id}")
+        if kind == ua.VariantType.Float and abs(value) > _FLOAT_MAX and math.isfinite(value):
+            raise ValueError(f"{value!r} is out of the range of Float (about ±3.4e38)")
         return float(value)
     if kind == ua.VariantType.String:
         return str(value)
@@ -639,6 +759,42 @@ def _scalar(point: OpcUaPoint, variable: _Variable, value: Any) -> Any:
         except ValueError:
             raise ValueError(f"{value!r} is not base64 for {point.id}") from None
     raise Unsupported(f"writing {point.id} (data type {variable.data_type}) is not supported")
+
+
+async def _dispose(client: Client, wait_s: float) -> None:
+    """Close a session and its socket, whatever state they are in; never raises. A socket
+    left open holds one of the few connection slots a PLC has."""
+    try:
+        # The server may be gone already; there is nothing left to close then.
+        await asyncio.wait_for(client.disconnect(), wait_s)
+    except BaseException as exc:
+        if isinstance(exc, asyncio.CancelledError):
+            _abort_socket(client)
+            raise
+    _abort_socket(client)
+
+
+def _abort_socket(client: Client) -> None:
+    protocol = client.uaclient.protocol
+    transport = getattr(protocol, "transport", None)
+    if transport is not None and not transport.is_closing():
+        transport.abort()
+
+
+def _node_id(text: str) -> ua.NodeId:
+    try:
+        return ua.NodeId.from_string(text)
+    except (ValueError, UaError) as exc:
+        raise NodeNotFound(f"{text} is not a node id this server can use: {exc}") from None
+
+
+def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    """`items` in slices of at most `size` (0: all in one); none for no items."""
+    if not items:
+        return []
+    if size <= 0:
+        return [items]
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def _filter_hint(point: OpcUaPoint, status: ua.StatusCode) -> str:
