@@ -314,9 +314,9 @@ def _parser() -> argparse.ArgumentParser:
     browse.add_argument(
         "--timeout",
         type=float,
-        default=4.0,
+        default=None,
         metavar="SECONDS",
-        help="wait this long for each answer (default 4)",
+        help="wait this long for each answer (default 4, or the device's timeout)",
     )
     browse.set_defaults(handler=_browse)
 
@@ -643,6 +643,7 @@ def _browse(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     secured_by = None
     endpoint = args.endpoint
+    timeout = args.timeout
     if (args.config is None) != (args.device is None):
         print("--config and --device go together.", file=sys.stderr)
         return EXIT_CONFIG
@@ -664,6 +665,7 @@ def _browse(args: argparse.Namespace) -> int:
         device = devices[args.device]
         secured_by = (device, Pki(config.agent.data_dir / "pki"))
         endpoint = endpoint or device.endpoint
+        timeout = device.timeout if timeout is None else timeout
     if endpoint is None:
         print("Give an ENDPOINT, or --config and --device.", file=sys.stderr)
         return EXIT_CONFIG
@@ -672,7 +674,7 @@ def _browse(args: argparse.Namespace) -> int:
         node=args.node,
         depth=args.depth,
         export=args.export,
-        timeout=args.timeout,
+        timeout=4.0 if timeout is None else timeout,
         secured_by=secured_by,
     )
 

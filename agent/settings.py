@@ -508,7 +508,15 @@ _BROWSE_PATH = re.compile(r"^/Objects(/[^/]+)+$")
 
 
 def _check_node_id(text: str) -> str:
-    if not (_NODE_ID.match(text) or _BROWSE_PATH.match(text)):
+    if _NODE_ID.match(text):
+        index = re.match(r"^ns=(\d+);", text)
+        if index and int(index.group(1)) > 65535:
+            raise ValueError(f"namespace index {index.group(1)} is beyond 65535, in {text!r}")
+        number = re.search(r"(?:^|;)i=(\d+)$", text)
+        if number and int(number.group(1)) > 2**32 - 1:
+            raise ValueError(f"numeric identifier {number.group(1)} is beyond 2^32-1, in {text!r}")
+        return text
+    if not _BROWSE_PATH.match(text):
         raise ValueError(
             "expected an OPC UA node id such as ns=2;s=Line1.Temp, ns=3;i=1001, "
             "nsu=urn:vendor:plc;s=Line1.Temp, g=<GUID> or b=<opaque>, or a browse path such "

@@ -24,6 +24,24 @@ def trust_command(
     """Trust the given certificate file, or the certificates of the named OPC UA devices (all
     secured ones when none is named). Returns the exit status."""
     pki = Pki(config.agent.data_dir / "pki")
+    try:
+        return _trust(config, device_names, pki, certificate=certificate, yes=yes)
+    except OSError as exc:  # the trust list belongs to the agent's user, for one
+        print(f"Cannot update the trust list in {pki.trusted}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _trust(
+    config: Config,
+    device_names: Sequence[str],
+    pki: Pki,
+    *,
+    certificate: Path | None,
+    yes: bool,
+) -> int:
+    if certificate is not None and device_names:
+        print("Give --certificate or device names, not both.", file=sys.stderr)
+        return 2
     if certificate is not None:
         try:
             der = _der(certificate.read_bytes())

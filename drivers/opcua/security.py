@@ -22,16 +22,22 @@ import logging
 import os
 import re
 import socket
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from asyncua import ua
 from asyncua.client.client import Client
 from asyncua.crypto import security_policies
-from asyncua.crypto.cert_gen import setup_self_signed_certificate
+from asyncua.crypto.cert_gen import (
+    dump_private_key_as_pem,
+    generate_private_key,
+    generate_self_signed_app_certificate,
+)
 from asyncua.ua.uaerrors import UaError
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import Encoding, load_pem_private_key
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from agent.settings import OpcUaDevice
@@ -105,34 +111,45 @@ class Pki:
         return self.root / "rejected"
 
     async def own_pair(self) -> tuple[Path, Path]:
-        """The agent's certificate and key, created (self-signed, valid one year) if missing
-        or no longer valid for this host and application URI."""
-        before = _read_or_none(self.own_certificate)
+        """The agent's certificate and key, created (self-signed, valid five years) when
+        missing, expired, or made for another host name or application URI."""
         try:
-            self.own_key.parent.mkdir(parents=True, exist_ok=True)
-            await setup_self_signed_certificate(
-                self.own_key,
-                self.own_certificate,
-                application_uri(),
-                socket.gethostname(),
-                [ExtendedKeyUsageOID.CLIENT_AUTH],
-                {"organizationName": "shopfloor-agent"},
-            )
-            os.chmod(self.own_key, 0o600)
-        except (OSError, ValueError) as exc:
+            await asyncio.to_thread(self._ensure_own_pair)
+        except (OSError, ValueError, TypeError) as exc:
             raise SecuritySetupError(
                 f"cannot create the agent's certificate in {self.own_certificate.parent}: {exc}"
             ) from exc
-        after = _read_or_none(self.own_certificate)
-        if after is not None and after != before:
-            # A user must act: servers that check their clients will refuse the new one.
-            log.warning(
-                "Created the agent's OPC UA application certificate %s (%s). Servers that check "
-                "their clients must trust this file before the agent can open secure sessions.",
-                self.own_certificate,
-                certificate_summary(after),
-            )
         return self.own_certificate, self.own_key
+
+    def _ensure_own_pair(self) -> None:
+        # Devices connecting at once must not each make a pair: the engineer would trust one
+        # on the PLC that another then replaces.
+        with _OWN_PAIR_LOCK:
+            uri, host = application_uri(), socket.gethostname()
+            key = _private_key_or_none(self.own_key)
+            certificate = _certificate_or_none(self.own_certificate)
+            if key and certificate and _made_for(certificate, key, uri, host):
+                return
+            if key is None:
+                key = generate_private_key()
+                _write_private(self.own_key, dump_private_key_as_pem(key))
+            certificate = generate_self_signed_app_certificate(
+                key,
+                uri,
+                {"organizationName": "shopfloor-agent"},
+                [x509.UniformResourceIdentifier(uri), x509.DNSName(host)],
+                [ExtendedKeyUsageOID.CLIENT_AUTH],
+                days=5 * 365,
+            )
+            der = certificate.public_bytes(Encoding.DER)
+            _write_atomically(self.own_certificate, der, 0o644)
+        # A user must act: servers that check their clients will refuse the new one.
+        log.warning(
+            "Created the agent's OPC UA application certificate %s (%s). Servers that check "
+            "their clients must trust this file before the agent can open secure sessions.",
+            self.own_certificate,
+            certificate_summary(der),
+        )
 
     def is_trusted(self, der: bytes) -> bool:
         """Whether this exact certificate is in the trust list."""
@@ -156,6 +173,70 @@ class Pki:
         path = self.rejected / _file_name(der)
         path.write_bytes(der)
         return path
+
+
+_OWN_PAIR_LOCK = threading.Lock()
+_WARNED_PLAIN: set[str] = set()  # devices warned about a password on an unsecured channel
+
+
+def _made_for(certificate: x509.Certificate, key: rsa.RSAPrivateKey, uri: str, host: str) -> bool:
+    """Whether the certificate is still valid, matches the key and names this application."""
+    now = dt.datetime.now(dt.UTC)
+    if not certificate.not_valid_before_utc <= now < certificate.not_valid_after_utc:
+        return False
+    public = certificate.public_key()
+    if not isinstance(public, rsa.RSAPublicKey):
+        return False
+    if public.public_numbers() != key.public_key().public_numbers():
+        return False
+    try:
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return False
+    return uri in names.get_values_for_type(
+        x509.UniformResourceIdentifier
+    ) and host in names.get_values_for_type(x509.DNSName)
+
+
+def _private_key_or_none(path: Path) -> rsa.RSAPrivateKey | None:
+    data = _read_or_none(path)
+    if data is None:
+        return None
+    try:
+        key = load_pem_private_key(data, password=None)
+    except (ValueError, TypeError):
+        return None
+    return key if isinstance(key, rsa.RSAPrivateKey) else None
+
+
+def _certificate_or_none(path: Path) -> x509.Certificate | None:
+    der = _der_or_none(path)
+    if der is None:
+        return None
+    try:
+        return x509.load_der_x509_certificate(der)
+    except ValueError:
+        return None
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write a private key readable by this user only, from the first byte on."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.parent.chmod(0o700)
+    _write_atomically(path, data, 0o600)
+
+
+def _write_atomically(path: Path, data: bytes, mode: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.write(descriptor, data)
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+    os.chmod(temporary, mode)
+    os.replace(temporary, path)
 
 
 def certificate_summary(der: bytes) -> str:
@@ -191,6 +272,15 @@ async def prepare_client(client: Client, device: OpcUaDevice, pki: Pki) -> None:
     trust list does not hold and `SecuritySetupError` for anything else the user must fix."""
     client.application_uri = application_uri()
     client.name = client.description = "shopfloor-agent"
+    plain_login = device.user is not None and device.user.username is not None
+    if plain_login and device.security.mode == "None" and device.name not in _WARNED_PLAIN:
+        _WARNED_PLAIN.add(device.name)
+        log.warning(
+            "Device %s logs in as %s over an unsecured channel: the password can be read or "
+            "replayed on the network. Use security.mode SignAndEncrypt where the server offers it.",
+            device.name,
+            device.user.username if device.user else "",
+        )
     await _set_user(client, device)
     if device.security.mode == "None":
         return
@@ -208,6 +298,9 @@ async def prepare_client(client: Client, device: OpcUaDevice, pki: Pki) -> None:
     _check_time(der, device.endpoint)
     if device.security.certificate is not None and device.security.private_key is not None:
         certificate, key = device.security.certificate, device.security.private_key
+        # A certificate issued elsewhere names its own application URI; the session must say
+        # the same, or the server refuses it (BadCertificateUriInvalid).
+        client.application_uri = _application_uri_of(certificate) or client.application_uri
     else:
         certificate, key = await pki.own_pair()
     try:
@@ -218,7 +311,7 @@ async def prepare_client(client: Client, device: OpcUaDevice, pki: Pki) -> None:
             server_certificate=der,
             mode=_MODES[device.security.mode],
         )
-    except (OSError, ValueError, UaError) as exc:
+    except (OSError, ValueError, TypeError, UaError) as exc:
         raise SecuritySetupError(
             f"cannot use the certificate {certificate} and key {key}: {_describe(exc)}"
         ) from exc
@@ -260,7 +353,7 @@ async def _set_user(client: Client, device: OpcUaDevice) -> None:
         try:
             await client.load_client_certificate(str(user.certificate))
             await client.load_private_key(user.private_key)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, TypeError) as exc:
             raise SecuritySetupError(
                 f"cannot load the user certificate {user.certificate} or its key "
                 f"{user.private_key}: {_describe(exc)}"
@@ -300,15 +393,28 @@ def _check_time(der: bytes, endpoint: str) -> None:
 
 def _first_certificate(chain: bytes | None) -> bytes:
     """The server's own certificate: the first DER item of a possible chain."""
-    if not chain:
-        raise SecuritySetupError("the server offers a secure endpoint without a certificate")
     # A DER SEQUENCE: 0x30, then the length in short or long form.
+    if not chain or len(chain) < 4 or chain[0] != 0x30:
+        raise SecuritySetupError("the server offers a secure endpoint without a certificate")
     if chain[1] & 0x80:
         count = chain[1] & 0x7F
         length = 2 + count + int.from_bytes(chain[2 : 2 + count], "big")
     else:
         length = 2 + chain[1]
+    if length > len(chain):
+        raise SecuritySetupError("the server's certificate is cut short")
     return bytes(chain[:length])
+
+
+def _application_uri_of(path: Path) -> str | None:
+    der = _der_or_none(path)
+    try:
+        certificate = x509.load_der_x509_certificate(der or b"")
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (ValueError, x509.ExtensionNotFound):
+        return None
+    uris = names.get_values_for_type(x509.UniformResourceIdentifier)
+    return uris[0] if uris else None
 
 
 def _server_name(endpoint: ua.EndpointDescription) -> str:

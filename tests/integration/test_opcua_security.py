@@ -312,3 +312,82 @@ def test_browse_uses_a_configured_device_security_and_login(
     capsys.readouterr()
     assert main(["browse", "--config", str(config)]) == 2
     assert "--config and --device go together" in capsys.readouterr().err
+
+
+def test_own_certificate_files_and_their_problems(
+    secure_server: SimulatedOpcUaServer, tmp_path: Path, password_file: Path
+):
+    """An application certificate from the plant's CA is used with its own application URI;
+    a private key that needs a password is reported, not crashed on."""
+    from cryptography.hazmat.primitives.serialization import (
+        BestAvailableEncryption,
+        Encoding,
+        PrivateFormat,
+        load_pem_private_key,
+    )
+
+    certificate, key = tmp_path / "plant.der", tmp_path / "plant-key.pem"
+    asyncio.run(
+        setup_self_signed_certificate(
+            key,
+            certificate,
+            "urn:plant:gateway-7",
+            "localhost",
+            [ExtendedKeyUsageOID.CLIENT_AUTH],
+            {},
+        )
+    )
+    login = {"username": "operator", "password_file": str(password_file)}
+    pki = trusting(secure_server, tmp_path)
+    settings = device(
+        secure_server,
+        security={
+            "mode": "SignAndEncrypt",
+            "certificate": str(certificate),
+            "private_key": str(key),
+        },
+        user=login,
+    )
+    assert read_speed(settings, pki).value == 120.0
+    assert not pki.own_certificate.exists(), "no certificate of its own needed"
+
+    locked = tmp_path / "locked-key.pem"
+    private = load_pem_private_key(key.read_bytes(), password=None)
+    locked.write_bytes(
+        private.private_bytes(
+            Encoding.PEM, PrivateFormat.PKCS8, BestAvailableEncryption(b"key-password")
+        )
+    )
+    settings = device(
+        secure_server,
+        security={
+            "mode": "SignAndEncrypt",
+            "certificate": str(certificate),
+            "private_key": str(locked),
+        },
+        user=login,
+    )
+    with pytest.raises(NotConnected, match="cannot use the certificate"):
+        read_speed(settings, pki)
+
+
+def test_trust_refuses_a_certificate_and_devices_together(
+    secure_server: SimulatedOpcUaServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    config = write_config(
+        tmp_path,
+        broker_port=1883,
+        devices=[
+            {
+                "name": "filler",
+                "driver": "opcua",
+                "endpoint": secure_server.endpoint,
+                "points": [{"id": "speed", "node": SPEED}],
+            }
+        ],
+    )
+    certificate = str(secure_server.certificate)
+    assert main(["trust", str(config), "filler", "--certificate", certificate]) == 2
+    assert "not both" in capsys.readouterr().err
+    assert main(["trust", str(config), "--certificate", str(tmp_path / "missing.der")]) == 1
+    assert "Cannot read the certificate" in capsys.readouterr().err
