@@ -87,10 +87,15 @@ class LiveBuffer:
                 self._entries[self._next_key] = LiveEntry(self._next_key, row, now)
                 self._next_key += 1
 
-    def unsent_records(self) -> int:
-        """Records not yet handed to the broker."""
+    def unsent_records(self, added_before: float = float("inf")) -> int:
+        """Records not yet handed to the broker (of those added before `added_before`,
+        monotonic: the publisher has had its chance at them)."""
         with self._lock:
-            return sum(e.n for e in self._entries.values() if e.state == "pending")
+            return sum(
+                e.n
+                for e in self._entries.values()
+                if e.state == "pending" and e.added < added_before
+            )
 
     def commit(self, older_than: float, *, count_delivered: bool = False) -> int:
         """Commit entries added before `older_than` (monotonic) that the broker has not
@@ -137,7 +142,6 @@ class LiveBuffer:
             raise
         acked_meanwhile = []
         with self._lock:
-            self._committing_ids.clear()
             for (key, entry), row_id in zip(due, ids, strict=True):
                 entry.committing = False
                 entry.row_id = row_id
@@ -148,8 +152,15 @@ class LiveBuffer:
                     del self._entries[key]  # now an ordinary backlog row
                 else:
                     self._committed_live_ids.add(row_id)
+            # Rows the broker acknowledged during the commit stay hidden from the backlog
+            # until they are deleted, or the publisher could lease and send them again.
+            self._committing_ids.intersection_update(acked_meanwhile)
         if acked_meanwhile:
-            self.outbox.delete(acked_meanwhile)
+            try:
+                self.outbox.delete(acked_meanwhile)
+            finally:
+                with self._lock:
+                    self._committing_ids.clear()
         return sum(entry.n for _, entry in due)
 
     def _hide_from_backlog(self, ids: Sequence[int]) -> None:

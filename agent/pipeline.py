@@ -264,7 +264,9 @@ class OutboxWriter:
                     self._take(batches)
             elif timeout > 0:
                 await asyncio.sleep(timeout)  # the disk is failing: let the handoff queue fill
-            unsent = self.buffer.unsent_records()
+            # Only records the publisher had a grace period to take count: a big batch that
+            # just arrived is not a broker that stopped taking them.
+            unsent = self.buffer.unsent_records(added_before=time.monotonic() - grace)
             if time.monotonic() >= next_commit or unsent >= self.settings.commit_rows:
                 older_than = time.monotonic() - grace
                 if unsent >= self.settings.commit_rows:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -85,6 +86,37 @@ def test_ack_arriving_during_the_commit_deletes_the_row(tmp_path: Path):
     buffer.commit_all()
     assert outbox.lease(0, 10) == []
     assert len(buffer) == 0
+
+
+def test_a_row_acknowledged_during_the_commit_stays_hidden_until_deleted(tmp_path: Path):
+    """Between the commit and the delete of such a row, the publisher's backlog scan must
+    not see it, or the broker gets it twice."""
+
+    hidden_while_deleting: list[bool] = []
+
+    class WatchingDelete(AckDuringCommit):
+        def delete(self, ids: Sequence[int]) -> None:
+            hidden_while_deleting.extend(buffer.is_live(i) for i in ids)
+            super().delete(ids)
+
+    outbox = WatchingDelete(tmp_path / "outbox.db")
+    buffer = LiveBuffer(outbox)
+    buffer.add([row(1.0), row(2.0)])
+    sent = buffer.take_pending()
+    outbox.on_append = lambda: buffer.acknowledged(sent[:1])
+    buffer.commit_all()
+    assert hidden_while_deleting == [True]
+    stored = outbox.lease(0, 10)
+    assert len(stored) == 1 and buffer.is_live(stored[0].id), "the other is still sent live"
+    buffer.acknowledged(sent[1:])
+    assert not buffer.is_live(stored[0].id) and outbox.lease(0, 10) == []
+
+
+def test_only_records_older_than_the_grace_period_count_as_unsent(tmp_path: Path):
+    buffer = LiveBuffer(Outbox(tmp_path / "outbox.db"))
+    buffer.add([row(1.0)])
+    assert buffer.unsent_records() == 1
+    assert buffer.unsent_records(added_before=time.monotonic() - 0.5) == 0
 
 
 def test_rejected_entries_are_offered_again(tmp_path: Path):
