@@ -13,6 +13,7 @@ from typing import Any
 
 from agent import __version__
 from agent.buffer import LiveBuffer
+from agent.credentials import SecretUnavailable, read_secret
 from agent.model import now_ms
 from agent.outbox import Outbox
 from agent.pipeline import DeviceRunner, Handoff, OutboxWriter, PipelineStats
@@ -43,20 +44,15 @@ class StartupError(Exception):
 
 def read_password(config: Config) -> str | None:
     """The MQTT password from its file or environment variable; never logged."""
-    mqtt = config.mqtt
-    if mqtt.password_file is not None:
-        try:
-            return mqtt.password_file.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise StartupError(f"cannot read the MQTT password file: {exc}") from exc
-    if mqtt.password_env is not None:
-        try:
-            return os.environ[mqtt.password_env]
-        except KeyError:
-            raise StartupError(
-                f"the environment variable {mqtt.password_env} (mqtt.password_env) is not set"
-            ) from None
-    return None
+    try:
+        return read_secret(
+            config.mqtt.password_file,
+            config.mqtt.password_env,
+            file_label="MQTT password file",
+            env_label="mqtt.password_env",
+        )
+    except SecretUnavailable as exc:
+        raise StartupError(str(exc)) from exc
 
 
 def open_outbox(config: Config) -> tuple[Outbox, int]:

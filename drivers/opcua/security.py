@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding, load_pem_private_key
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from agent.credentials import SecretUnavailable, read_secret
 from agent.settings import OpcUaDevice
 from drivers.base import DriverError
 
@@ -364,20 +365,16 @@ def _password(device: OpcUaDevice) -> str:
     """The login password from its file or environment variable; never logged."""
     user = device.user
     assert user is not None
-    if user.password_file is not None:
-        try:
-            return user.password_file.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise SecuritySetupError(f"cannot read the OPC UA password file: {exc}") from exc
-    if user.password_env is not None:
-        try:
-            return os.environ[user.password_env]
-        except KeyError:
-            raise SecuritySetupError(
-                f"the environment variable {user.password_env} (user.password_env of device "
-                f"{device.name}) is not set"
-            ) from None
-    return ""
+    try:
+        secret = read_secret(
+            user.password_file,
+            user.password_env,
+            file_label="OPC UA password file",
+            env_label=f"user.password_env of device {device.name}",
+        )
+    except SecretUnavailable as exc:
+        raise SecuritySetupError(str(exc)) from exc
+    return secret or ""
 
 
 def _check_time(der: bytes, endpoint: str) -> None:
