@@ -369,10 +369,20 @@ class OpcUaDriver:
     def _sample(self, point: OpcUaPoint, data: ua.DataValue, received: int) -> Sample:
         status = data.StatusCode if data.StatusCode is not None else ua.StatusCode()
         ts = received
-        if data.SourceTimestamp is not None:
-            source = int(data.SourceTimestamp.replace(tzinfo=dt.UTC).timestamp() * 1000)
+        source_time = data.SourceTimestamp
+        if source_time is not None:
+            if source_time.tzinfo is None:  # asyncua gives UTC, aware or not
+                source_time = source_time.replace(tzinfo=dt.UTC)
+            source = int(source_time.timestamp() * 1000)
             if abs(source - received) <= self.device.max_clock_skew * 1000:
                 ts = source
+        if status.value == 0 and data.Value is not None:
+            value = data.Value.Value
+            if type(value) is float or type(value) is int or type(value) is bool:
+                # The common case, kept short: thousands of values a second on a gateway.
+                variable = self._variables.get(point.id)
+                if not isinstance(variable, _Variable) or variable.enum_names is None:
+                    return Sample(point.id, value, Quality.GOOD, ts)
         if status.is_bad():
             self._health.read_errors += 1
             if status.value & 0xFFFF0000 == StatusCodes.BadNodeIdUnknown:
