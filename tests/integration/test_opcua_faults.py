@@ -193,3 +193,39 @@ def test_after_a_reconnect_a_vanished_node_gets_no_heartbeat(
 
     counts = [s for s in asyncio.run(main()) if s.point == "count"]
     assert counts and all(s.quality is Quality.BAD for s in counts)
+
+
+def test_polling_reads_all_points_with_one_request_per_cycle(
+    server: SimulatedOpcUaServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Counted on the server: each cycle is one Read service call carrying every point."""
+    from drivers.simulate.opcua import PACKAGING_LINE
+
+    reads: list[int] = []
+    original = internal_session.InternalSession.read
+
+    async def counting_read(self: Any, params: ua.ReadParameters) -> Any:
+        probe = [r.NodeId for r in params.NodesToRead] == [ua.NodeId(2259)]
+        if not probe:  # asyncua's own once-a-second check of the server state
+            reads.append(len(params.NodesToRead))
+        return await original(self, params)
+
+    points = [
+        {"id": v.path.lower(), "node": f"{LINE}/{v.path.replace('.', '/')}"} for v in PACKAGING_LINE
+    ]
+    settings = device(server, "polling", points)
+
+    async def main() -> None:
+        driver = OpcUaDriver(settings, Pki(tmp_path / "pki"))
+        await driver.connect()
+        try:
+            monkeypatch.setattr(internal_session.InternalSession, "read", counting_read)
+            for _ in range(5):
+                samples = await driver.read(settings.points)
+                assert all(s.quality is Quality.GOOD for s in samples)
+        finally:
+            monkeypatch.undo()
+            await driver.close()
+
+    asyncio.run(main())
+    assert reads == [len(PACKAGING_LINE)] * 5
