@@ -235,6 +235,20 @@ class SimulatedOpcUaServer(ThreadedServer):
         assert self.pki_dir is not None
         return self.pki_dir / "server-cert.der"
 
+    def expire_sessions(self) -> int:
+        """End every client session with its subscriptions, as a server does when a session
+        times out; returns how many there were."""
+
+        async def expire() -> int:
+            assert self._server is not None
+            # asyncua keeps no public list of client sessions.
+            sessions = list(self._server.iserver._external_sessions.values())
+            for session in sessions:
+                await session.close_session(delete_subs=True)
+            return len(sessions)
+
+        return self._call(expire())
+
     def delete_variable(self, path: str) -> None:
         """Remove a variable from the address space (a PLC program without that tag)."""
         # A server tells the subscribers of a deleted node with a Bad_NodeIdUnknown value;

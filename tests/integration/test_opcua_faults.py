@@ -229,3 +229,34 @@ def test_polling_reads_all_points_with_one_request_per_cycle(
 
     asyncio.run(main())
     assert reads == [len(PACKAGING_LINE)] * 5
+
+
+@pytest.mark.parametrize("mode", ["polling", "subscription"])
+def test_a_session_the_server_ended_is_replaced(
+    server: SimulatedOpcUaServer, tmp_path: Path, mode: str
+):
+    settings = device(server, mode, [{"id": "speed", "node": f"{LINE}/Filler/Speed"}])
+
+    async def main() -> tuple[float, list[Sample], int]:
+        driver = OpcUaDriver(settings, Pki(tmp_path / "pki"))
+        await driver.connect()
+        try:
+            await read_for(driver, 0.5)
+            assert await asyncio.to_thread(server.expire_sessions) == 1
+            expired_at = time.monotonic()
+            with pytest.raises(NotConnected):
+                for _ in range(200):
+                    await driver.read(settings.points)
+                    await asyncio.sleep(0.05)
+            noticed_after = time.monotonic() - expired_at
+            await driver.connect()
+            await asyncio.to_thread(server.set_value, "Filler.Speed", 130.0)
+            after = await read_for(driver, 1.0)
+            return noticed_after, after, await asyncio.to_thread(server.subscription_count)
+        finally:
+            await driver.close()
+
+    noticed_after, after, subscriptions = asyncio.run(main())
+    assert noticed_after < 5.0
+    assert after[-1].value == 130.0 and after[-1].quality is Quality.GOOD
+    assert subscriptions == (1 if mode == "subscription" else 0)
