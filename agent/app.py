@@ -19,6 +19,7 @@ from agent.outbox import Outbox
 from agent.pipeline import DeviceRunner, Handoff, OutboxWriter, PipelineStats
 from agent.publish.mqtt import MqttPublisher
 from agent.publish.payload import Topics, max_message_body
+from agent.retention import Retention
 from agent.settings import AnyDevice, Config, OpcUaDevice
 from drivers.base import PolledDriver
 from drivers.modbus.client import ModbusDriver
@@ -93,6 +94,13 @@ class Agent:
             on_fatal=self._component_failed,
         )
         self.handoff = Handoff(_HANDOFF_BATCHES, self.stats)
+        # Rows being sent (from memory, or in flight from the file) are never dropped: they
+        # may still arrive, and a record must be counted either delivered or dropped.
+        self.retention = Retention(
+            self.outbox,
+            config.outbox,
+            keep=lambda: self.buffer.protected_ids() | self.publisher.rows_in_flight(),
+        )
         # Devices on one TCP endpoint or serial port share its line and take turns on it.
         self.lines = ModbusLines()
         self.runners = [
@@ -105,6 +113,7 @@ class Agent:
             config.outbox,
             on_new=self.publisher.notify,
             max_body=max_message_body(config.mqtt.max_payload_bytes),
+            retention=self.retention,
         )
 
     def _driver_for(self, device: AnyDevice) -> PolledDriver:
@@ -182,6 +191,7 @@ class Agent:
     def health(self) -> dict[str, Any]:
         """The health report published on `.../health`."""
         outbox = self.outbox.stats()
+        bounds = self.retention.report
         now = now_ms()
         publisher = self.publisher.stats
         usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -207,6 +217,12 @@ class Agent:
             "outbox": {
                 "rows": outbox.rows,
                 "records": outbox.records,
+                "bytes": bounds.used_bytes,
+                "cap_bytes": bounds.cap_bytes,
+                "free_disk_bytes": bounds.free_disk_bytes,
+                "dropping": bounds.dropping,
+                "dropped": dict(bounds.dropped),
+                "drop_episodes": bounds.episodes,
                 "in_memory_rows": len(self.buffer),
                 "oldest_age_s": None
                 if outbox.oldest_ts is None

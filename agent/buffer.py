@@ -223,6 +223,11 @@ class LiveBuffer:
                     entry.state = "pending"
         return to_backlog
 
+    def protected_ids(self) -> set[int]:
+        """Committed rows still being delivered from memory: not to be dropped."""
+        with self._lock:
+            return self._committed_live_ids | self._committing_ids
+
     def is_live(self, row_id: int) -> bool:
         """True while a committed row is still being delivered from memory."""
         with self._lock:

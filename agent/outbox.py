@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-__all__ = ["Outbox", "OutboxStats", "PendingRow", "StoredRow"]
+__all__ = ["Dropped", "Outbox", "OutboxStats", "PendingRow", "StoredRow"]
 
 RowKind = Literal["metrics", "events"]
 
@@ -73,6 +73,17 @@ class OutboxStats:
     records: int
     oldest_ts: int | None
     accepted_records: int
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    """Rows of one kind deleted unsent to keep the outbox within its bounds."""
+
+    kind: RowKind
+    rows: int
+    records: int
+    first_ts: int  # the first sample time of the oldest row dropped
+    last_ts: int  # the first sample time of the newest row dropped
 
 
 class Outbox:
@@ -165,6 +176,80 @@ class Outbox:
             accepted = self._meta("accepted_records")
         return OutboxStats(rows, records, oldest, accepted)
 
+    def used_bytes(self) -> int:
+        """Bytes the file's used pages take (free pages, left by deleted rows, not counted:
+        SQLite reuses them before it grows the file)."""
+        with self._lock:
+            pages = self._db.execute("PRAGMA page_count").fetchone()[0]
+            free = self._db.execute("PRAGMA freelist_count").fetchone()[0]
+            size = self._db.execute("PRAGMA page_size").fetchone()[0]
+        return int((pages - free) * size)
+
+    def drop_oldest(
+        self, kind: RowKind, target_bytes: int, keep: Callable[[], set[int]]
+    ) -> Dropped | None:
+        """Delete the oldest rows of `kind` until the used pages fit in `target_bytes` (or
+        none of that kind is left); rows whose ids `keep()` returns (being sent right now)
+        are left alone. Counted in the meta table as `dropped_<kind>`."""
+        deleted: list[tuple[int, int, int]] = []  # (id, records, first_ts), oldest first
+        for _ in range(10_000):  # a bound, should pages refuse to free
+            excess = self.used_bytes() - target_bytes
+            if excess <= 0:
+                break
+            kept = keep()
+            with self._transaction():
+                candidates = self._db.execute(
+                    "SELECT id, n, first_ts, length(body) FROM outbox WHERE kind = ? "
+                    "ORDER BY id LIMIT 500",
+                    (kind,),
+                ).fetchall()
+                chosen = []
+                freed = 0
+                for row_id, n, ts, size in candidates:
+                    if row_id in kept:
+                        continue
+                    chosen.append((row_id, n, ts))
+                    freed += size + 40  # and the row's own overhead in its page
+                    if freed >= excess:
+                        break
+                self._delete_dropped(kind, chosen)
+            if not chosen:
+                break
+            deleted += chosen
+        return _dropped(kind, deleted)
+
+    def drop_expired(self, older_than_ts: int, keep: Callable[[], set[int]]) -> list[Dropped]:
+        """Delete the rows whose first sample is older than `older_than_ts` (epoch ms)."""
+        kept = keep()
+        drops = []
+        with self._transaction():
+            for kind in ("metrics", "events"):
+                rows = [
+                    (row_id, n, ts)
+                    for row_id, n, ts in self._db.execute(
+                        "SELECT id, n, first_ts FROM outbox WHERE kind = ? AND first_ts < ? "
+                        "ORDER BY id",
+                        (kind, older_than_ts),
+                    ).fetchall()
+                    if row_id not in kept
+                ]
+                self._delete_dropped(kind, rows)
+                dropped = _dropped(kind, rows)
+                if dropped is not None:
+                    drops.append(dropped)
+        return drops
+
+    def _delete_dropped(self, kind: str, rows: Sequence[tuple[int, int, int]]) -> None:
+        """Inside a transaction: delete rows (id, records, ts) and count their records."""
+        if rows:
+            self._db.executemany("DELETE FROM outbox WHERE id = ?", [(r[0],) for r in rows])
+            self._add_meta(f"dropped_{kind}", sum(r[1] for r in rows))
+
+    def dropped_records(self) -> dict[str, int]:
+        """Records deleted unsent to keep the outbox in bounds, by kind, since it was made."""
+        with self._lock:
+            return {kind: self._meta(f"dropped_{kind}") for kind in ("metrics", "events")}
+
     @contextmanager
     def _transaction(self) -> Iterator[None]:
         with self._lock:
@@ -180,9 +265,22 @@ class Outbox:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return int(row[0]) if row else 0
 
+    def _add_meta(self, key: str, amount: int) -> None:
+        self._db.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = value + excluded.value",
+            (key, amount),
+        )
+
     def _set_meta(self, key: str, value: int) -> None:
         self._db.execute(
             "INSERT INTO meta (key, value) VALUES (?, ?) "
             "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
             (key, value),
         )
+
+
+def _dropped(kind: RowKind, rows: Sequence[tuple[int, int, int]]) -> Dropped | None:
+    if not rows:
+        return None
+    return Dropped(kind, len(rows), sum(r[1] for r in rows), rows[0][2], rows[-1][2])

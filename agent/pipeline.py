@@ -21,6 +21,7 @@ from agent.buffer import LiveBuffer
 from agent.model import Event, Quality, Sample, now_ms
 from agent.outbox import PendingRow
 from agent.publish.payload import utf8_size
+from agent.retention import Retention
 from agent.settings import AnyDevice, ModbusPoint, OpcUaPoint, OutboxSettings
 from agent.transforms import TransformChain
 from drivers.base import NotConnected, PolledDriver
@@ -36,6 +37,8 @@ _MAX_LIVE_ROWS = 20_000
 # How often the outbox file learns how many records were delivered straight from memory, when
 # nothing else needs writing.
 _COUNT_DELIVERED_EVERY_S = 60.0
+# How often the outbox's bounds (cap, ttl, free-disk reserve) are checked.
+_RETENTION_EVERY_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,12 +240,14 @@ class OutboxWriter:
         *,
         on_new: Callable[[], None],
         max_body: int,
+        retention: Retention | None = None,
     ) -> None:
         self.buffer = buffer
         self.handoff = handoff
         self.settings = settings
         self.on_new = on_new
         self.max_body = max_body
+        self.retention = retention
         self._failing = False
 
     async def run(self) -> None:
@@ -251,7 +256,11 @@ class OutboxWriter:
         grace = self.settings.commit_interval / 2
         next_commit = time.monotonic() + grace
         next_count = time.monotonic() + _COUNT_DELIVERED_EVERY_S
+        next_retention = time.monotonic()  # first at startup: a long stop may have expired rows
         while True:
+            if self.retention is not None and time.monotonic() >= next_retention:
+                await asyncio.shield(asyncio.to_thread(self._enforce_bounds))
+                next_retention = time.monotonic() + _RETENTION_EVERY_S
             timeout = next_commit - time.monotonic()
             if timeout > 0 and len(self.buffer) < _MAX_LIVE_ROWS:
                 # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow the
@@ -292,6 +301,18 @@ class OutboxWriter:
         if rows:
             self.buffer.add(rows)
             self.on_new()
+
+    def _enforce_bounds(self) -> None:
+        assert self.retention is not None
+        try:
+            events = self.retention.check()
+        except (sqlite3.Error, OSError) as exc:
+            if not self._failing:
+                self._failing = True
+                log.error("Cannot check the outbox's bounds (%s); trying again.", exc)
+            return
+        if events:
+            self.handoff.put(Batch("events", "outbox_overflow", list(events)))
 
     def _commit(self, older_than: float, count_delivered: bool = False) -> None:
         try:

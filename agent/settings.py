@@ -33,10 +33,24 @@ __all__ = [
     "OutboxSettings",
     "parse_duration",
     "parse_modbus_address",
+    "parse_size",
 ]
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)?\s*$")
+_UNIT_BYTES = {
+    None: 1,
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+    "KiB": 2**10,
+    "MiB": 2**20,
+    "GiB": 2**30,
+    "TiB": 2**40,
+}
 
 
 class FieldError(ValueError):
@@ -51,7 +65,7 @@ class FieldError(ValueError):
 def parse_duration(value: object) -> float:
     """Turn `250ms`, `1s`, `5m`, `1h` or a plain number of seconds into seconds."""
     if isinstance(value, bool):
-        raise ValueError("expected a duration such as 250ms, 1s, 5m or 1h, not a boolean")
+        raise ValueError("expected a duration such as 250ms, 1s, 5m, 1h or 7d, not a boolean")
     if isinstance(value, int | float):
         seconds = float(value)
     elif isinstance(value, str) and (match := _DURATION.match(value)):
@@ -60,7 +74,37 @@ def parse_duration(value: object) -> float:
         seconds = math.nan
     if math.isfinite(seconds):
         return seconds
-    raise ValueError(f"expected a duration such as 250ms, 1s, 5m or 1h, got {value!r}")
+    raise ValueError(f"expected a duration such as 250ms, 1s, 5m, 1h or 7d, got {value!r}")
+
+
+def parse_size(value: object) -> int:
+    """Turn `512MiB`, `2GB`, `64KiB` or a plain number of bytes into bytes."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as 64KiB, 512MiB or 2GB, not a boolean")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and (match := _SIZE.match(value)):
+        return int(float(match.group(1)) * _UNIT_BYTES[match.group(2)])
+    raise ValueError(f"expected a size such as 64KiB, 512MiB or 2GB, got {value!r}")
+
+
+def _size(minimum: int, maximum: int) -> object:
+    def check(size: int) -> int:
+        if not minimum <= size <= maximum:
+            raise ValueError(
+                f"must be between {_format_bytes(minimum)} and {_format_bytes(maximum)}, "
+                f"got {_format_bytes(size)}"
+            )
+        return size
+
+    return AfterValidator(check)
+
+
+def _format_bytes(size: int) -> str:
+    for unit, factor in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if size >= factor:
+            return f"{size / factor:g}{unit}"
+    return f"{size}B"
 
 
 def _format_seconds(seconds: float) -> str:
@@ -119,6 +163,7 @@ def _check_name(name: str) -> str:
 
 
 Seconds = Annotated[float, BeforeValidator(parse_duration)]
+Bytes = Annotated[int, BeforeValidator(parse_size)]
 Host = Annotated[str, AfterValidator(_check_host)]
 
 
@@ -194,6 +239,11 @@ class OutboxSettings(_Strict):
     # NORMAL never corrupts the file; on power loss it may roll back the last commits (at most
     # about one commit_interval of samples). FULL fsyncs every commit and costs SD-card wear.
     synchronous: Literal["normal", "full"] = "normal"
+    # Bounds. Beyond them the oldest metrics are dropped (events last), counted, logged once
+    # per episode and reported as an event. Defaults for an 8-16 GB SD card.
+    max_bytes: Annotated[Bytes, _size(64 * 2**10, 2**40)] = 2**30
+    ttl: Annotated[Seconds, _duration(60, 366 * 86400)] = 7 * 86400.0
+    min_free_disk: Annotated[Bytes, _size(0, 2**40)] = 256 * 2**20
 
 
 ModbusTable = Literal["coil", "discrete", "input", "holding"]

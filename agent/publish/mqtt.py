@@ -124,6 +124,10 @@ class MqttPublisher:
         """New rows were committed."""
         self._wake.set()
 
+    def rows_in_flight(self) -> set[int]:
+        """Outbox rows sent and not yet acknowledged (a copy, safe from any thread)."""
+        return set(self._in_flight_rows)  # one C-level copy under the GIL
+
     def offer_health(self, report: dict[str, Any]) -> None:
         """Publish this health report when connected (the newest one wins)."""
         self._health = report

@@ -8,23 +8,57 @@ from pathlib import Path
 import pytest
 
 from agent.config import ConfigError, load_config
-from agent.settings import Config, ModbusTcpDevice, parse_duration, parse_modbus_address
+from agent.settings import (
+    Config,
+    ModbusTcpDevice,
+    parse_duration,
+    parse_modbus_address,
+    parse_size,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("250ms", 0.25), ("1s", 1.0), ("1.5s", 1.5), ("5m", 300.0), ("1h", 3600.0), (2, 2.0)],
+    [
+        ("250ms", 0.25),
+        ("1s", 1.0),
+        ("1.5s", 1.5),
+        ("5m", 300.0),
+        ("1h", 3600.0),
+        ("7d", 604800.0),
+        (2, 2.0),
+    ],
 )
 def test_durations(text, seconds):
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["fast", "1d", "-1s", "", True])
+@pytest.mark.parametrize("text", ["fast", "1w", "-1s", "", True])
 def test_bad_durations(text):
     with pytest.raises(ValueError, match="expected a duration"):
         parse_duration(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        (1024, 1024),
+        ("64KiB", 65536),
+        ("512 MiB", 512 * 2**20),
+        ("2GB", 2 * 10**9),
+        ("1.5GiB", 3 * 2**29),
+    ],
+)
+def test_sizes(text, size):
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["big", "1 GiBs", "-1MiB", True, ""])
+def test_bad_sizes(text):
+    with pytest.raises(ValueError, match="expected a size"):
+        parse_size(text)
 
 
 def test_demo_config_loads_with_paths_resolved():
