@@ -39,6 +39,16 @@ CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS dead_letter (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    first_ts INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    failed_at INTEGER NOT NULL
+);
 """
 
 
@@ -244,6 +254,49 @@ class Outbox:
         if rows:
             self._db.executemany("DELETE FROM outbox WHERE id = ?", [(r[0],) for r in rows])
             self._add_meta(f"dropped_{kind}", sum(r[1] for r in rows))
+
+    def bury(self, ids: Sequence[int], reason: str, failed_at: int) -> int:
+        """Move rows the broker will never accept (not authorized, payload format invalid) to
+        the dead-letter table, where they wait to be inspected and replayed; returns the
+        records moved."""
+        records = 0
+        with self._transaction():
+            for row_id in ids:
+                row = self._db.execute("SELECT n FROM outbox WHERE id = ?", (row_id,)).fetchone()
+                if row is None:
+                    continue  # dropped or delivered meanwhile
+                self._db.execute(
+                    "INSERT OR REPLACE INTO dead_letter "
+                    "(id, kind, topic, n, first_ts, body, reason, failed_at) "
+                    "SELECT id, kind, topic, n, first_ts, body, ?, ? FROM outbox WHERE id = ?",
+                    (reason, failed_at, row_id),
+                )
+                self._db.execute("DELETE FROM outbox WHERE id = ?", (row_id,))
+                records += int(row[0])
+            self._add_meta("dead_letter_records", records)
+        return records
+
+    def dead_letters(self) -> dict[str, int]:
+        """Records waiting in the dead-letter table, by reason."""
+        with self._lock:
+            return {
+                reason: int(records)
+                for reason, records in self._db.execute(
+                    "SELECT reason, sum(n) FROM dead_letter GROUP BY reason ORDER BY reason"
+                )
+            }
+
+    def replay_dead(self) -> int:
+        """Move every dead letter back into the outbox (after the cause was fixed, e.g. the
+        broker's ACL); they are sent again, oldest first. Returns the records moved."""
+        with self._transaction():
+            records = self._db.execute("SELECT coalesce(sum(n), 0) FROM dead_letter").fetchone()[0]
+            self._db.execute(
+                "INSERT INTO outbox (kind, topic, n, first_ts, body) "
+                "SELECT kind, topic, n, first_ts, body FROM dead_letter ORDER BY id"
+            )
+            self._db.execute("DELETE FROM dead_letter")
+        return int(records)
 
     def dropped_records(self) -> dict[str, int]:
         """Records deleted unsent to keep the outbox in bounds, by kind, since it was made."""
