@@ -34,14 +34,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections import Counter
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
@@ -51,7 +47,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench.bytecode import compile_agent
+from bench.bytecode import REPO
+from bench.measure import alternating_rounds
 from bench.planner_subjects import (
     POINTS_PER_UNIT,
     UNITS,
@@ -60,10 +57,10 @@ from bench.planner_subjects import (
     workload,
 )
 from bench.processes import cpu_seconds, loadavg, ready_server, stop_process, tail
-from bench.provenance import code_version, versions
+from bench.report import exit_status, print_targets, ratio, show
+from bench.session import Session
 from drivers.simulate.broker import free_port
 
-REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "modbus_planner.json"
 SUBJECTS_MODULE = "bench.planner_subjects"
 
@@ -292,12 +289,6 @@ def median(values: list[float]) -> float | None:
     return round(statistics.median(values), 2) if values else None
 
 
-def ratio(a: float | None, b: float | None, digits: int = 2) -> float | None:
-    if a is None or b is None or b == 0:
-        return None
-    return round(a / b, digits)
-
-
 @dataclass
 class TargetCheck:
     target: str
@@ -349,10 +340,6 @@ ROWS: list[tuple[str, str, str, bool]] = [
     ("BAD points", "bad_points", "{:,}", False),
     ("seconds measured", "window_s", "{:.1f}", False),
 ]
-
-
-def show(value: Any, fmt: str) -> str:
-    return "-" if value is None else fmt.format(value)
 
 
 def report(
@@ -413,14 +400,7 @@ def report(
         f"{show(max(ratios, default=None), '{:.2f}')}"
     )
 
-    targets = Table(title="Targets")
-    targets.add_column("target")
-    targets.add_column("agent", justify="right")
-    targets.add_column("result")
-    verdict = {True: "[green]PASS[/]", False: "[red]FAIL[/]", None: "[yellow]n/a[/]"}
-    for check in checks:
-        targets.add_row(check.target, check.value, verdict[check.passed])
-    console.print(targets)
+    print_targets(console, checks)
 
     for run in runs:
         if run.error:
@@ -466,21 +446,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="exit 1 when a target fails")
     parser.add_argument("--output", type=Path, default=RESULTS, help="JSON results file")
     args = parser.parse_args(argv)
-    compile_agent()  # measure the agent as installed: bytecode compiled, as pip does
     if args.duration <= 0 or args.rounds < 1:
         parser.error("--duration must be positive and --rounds at least 1")
-    console = Console() if sys.stdout.isatty() else Console(width=120)
+    session = Session()
+    console = session.console
 
-    # SIGTERM to the benchmark unwinds like Ctrl-C, so every finally block stops its process.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-
-    code = code_version()
-    dirty = f", {len(code['changed_files'])} agent files changed" if code["changed_files"] else ""
-    console.print(f"[dim]Agent code: commit {code['commit']}{dirty}.[/]")
-    began = time.monotonic()
-    load_before = loadavg()
     points = workload()
-    slice_s = args.duration / args.rounds
     runs: list[RunResult] = []
     try:
         with tempfile.TemporaryDirectory(prefix="shopfloor-bench-") as tmp:
@@ -492,25 +463,21 @@ def main(argv: list[str] | None = None) -> int:
             plan_file.write_text(json.dumps(plan), encoding="utf-8")
             single_file.write_text(json.dumps(single_plan), encoding="utf-8")
             with modbus_server(port, workdir / "modbus-server.log") as server:
-                for number in range(1, args.rounds + 1):
-                    order = ("agent", "bare") if number % 2 else ("bare", "agent")
-                    for subject in order:
-                        console.print(
-                            f"[dim]round {number}/{args.rounds}: {subject} "
-                            f"({args.warmup:g} s warm-up + {slice_s:g} s)...[/]"
+                for number, subject, slice_s in alternating_rounds(
+                    console, rounds=args.rounds, warmup=args.warmup, duration=args.duration
+                ):
+                    runs.append(
+                        run_one(
+                            subject,
+                            number,
+                            port=port,
+                            server_pid=server.pid,
+                            plan_file=plan_file,
+                            duration=slice_s,
+                            warmup=args.warmup,
+                            workdir=workdir,
                         )
-                        runs.append(
-                            run_one(
-                                subject,
-                                number,
-                                port=port,
-                                server_pid=server.pid,
-                                plan_file=plan_file,
-                                duration=slice_s,
-                                warmup=args.warmup,
-                                workdir=workdir,
-                            )
-                        )
+                    )
                 if args.per_point_duration > 0:
                     console.print(
                         f"[dim]one request per point ({args.warmup:g} s warm-up + "
@@ -527,9 +494,8 @@ def main(argv: list[str] | None = None) -> int:
                         workdir=workdir,
                     )
                     runs.append(reference)
-    except KeyboardInterrupt:
-        console.print("[red]Interrupted; every process this benchmark started is stopped.[/]")
-        return 130
+    except KeyboardInterrupt as exc:
+        return session.stopped(exc)
 
     summaries = {
         subject: summarize(subject, [run for run in runs if run.subject == subject])
@@ -557,15 +523,7 @@ def main(argv: list[str] | None = None) -> int:
         "rounds": args.rounds,
         "warmup_s": args.warmup,
         "per_point_duration_s": args.per_point_duration,
-        "wall_s": round(time.monotonic() - began, 1),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "loadavg_before": load_before,
-            "loadavg_after": loadavg(),
-            "platform": platform.platform(),
-        },
-        "versions": versions("shopfloor-agent", "pymodbus", "pydantic"),
-        "code": code,
+        **session.provenance("shopfloor-agent", "pymodbus", "pydantic"),
         "summary": {subject: asdict(summary) for subject, summary in summaries.items()},
         "ratios": {
             "requests_per_poll_one_per_point_over_agent": ratio(
@@ -587,12 +545,8 @@ def main(argv: list[str] | None = None) -> int:
         "runs": [asdict(run) for run in runs],
         "targets": [asdict(check) for check in checks],
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
-    console.print(f"[dim]Wrote {args.output} ({document['wall_s']} s).[/]")
-
-    failed = any(check.passed is not True for check in checks)
-    return 1 if args.check and failed else 0
+    session.write(args.output, document)
+    return exit_status(checks, args.check)
 
 
 if __name__ == "__main__":

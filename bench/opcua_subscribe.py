@@ -56,35 +56,44 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import signal
-import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections import Counter
-from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 from rich.console import Console
-from rich.table import Table
 
-from bench.bytecode import compile_agent
-from bench.modbus_500 import TargetCheck, percentile, ratio, show, status_kib
+from bench.bytecode import REPO
+from bench.measure import (
+    MeasuredProcess,
+    add_window_options,
+    agent_and_bare,
+    agent_command,
+    agent_config_head,
+    bare_command,
+    pool,
+    run_subject,
+)
 from bench.opcua_server import NAMESPACE_URI, PATH, node_name
-from bench.processes import cpu_seconds, loadavg, ready_server, stop_process, tail
-from bench.provenance import code_version, versions
+from bench.processes import ready_server
+from bench.report import (
+    TargetCheck,
+    exit_status,
+    print_comparison,
+    print_round_ratios,
+    print_targets,
+    ratio,
+    runs_document,
+    target_check,
+)
+from bench.session import Session
 from drivers.simulate.broker import BrokerNotFound, LocalBroker, free_port
 
-REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "opcua_subscribe.json"
 BARE_SCRIPT = REPO / "bench" / "bare_opcua_reference.py"
 
@@ -156,105 +165,6 @@ class RunResult:
     loadavg: list[float] = field(default_factory=list)
 
 
-# -- the subscriber ----------------------------------------------------------------------------
-
-
-@dataclass
-class Window:
-    values: int = 0
-    bad: int = 0
-    duplicates: int = 0  # a point's value with a source timestamp already received
-    messages: int = 0
-    # Latency in tenths of a millisecond -> number of values with it.
-    latency: Counter[int] = field(default_factory=Counter)
-
-
-class Subscriber:
-    """Counts the metric messages of one publisher as they arrive at the broker, in a window,
-    and over the whole run which points arrived with which source timestamp (the server writes
-    all values of a tick with the same one)."""
-
-    def __init__(self, port: int, topic: str) -> None:
-        self._lock = threading.Lock()
-        self._subscribed = threading.Event()
-        self._first = threading.Event()
-        self.first_arrival: float | None = None  # time.monotonic()
-        self._window: Window | None = None
-        self._points_by_ts: dict[int, set[str]] = {}
-        self.errors = 0
-        self._client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=f"bench-sub-{os.getpid()}"
-        )
-        self._client.on_connect = lambda client, *_: client.subscribe(topic, qos=1)
-        self._client.on_subscribe = lambda *_: self._subscribed.set()
-        self._client.on_message = self._on_message
-        self._client.connect("127.0.0.1", port)
-        self._client.loop_start()
-        if not self._subscribed.wait(10):
-            self.close()
-            raise RuntimeError(f"the subscriber could not subscribe on port {port}")
-
-    def close(self) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
-
-    def wait_first(self, timeout: float) -> float | None:
-        """time.monotonic() at which the first metric message arrived, or None."""
-        self._first.wait(timeout)
-        return self.first_arrival
-
-    def begin(self) -> None:
-        with self._lock:
-            self._window = Window()
-
-    def end(self) -> Window:
-        with self._lock:
-            window, self._window = self._window, None
-        assert window is not None
-        return window
-
-    def delivered(self, after_ts: int, until_ts: int) -> int:
-        """Distinct values (point, source timestamp) received with a timestamp in
-        (after_ts, until_ts]: a value received twice counts once."""
-        with self._lock:
-            return sum(
-                len(points)
-                for ts, points in self._points_by_ts.items()
-                if after_ts < ts <= until_ts
-            )
-
-    def _on_message(self, _client: Any, _userdata: Any, message: mqtt.MQTTMessage) -> None:
-        arrival_ms = time.time_ns() / 1e6
-        if self.first_arrival is None:
-            self.first_arrival = time.monotonic()
-            self._first.set()
-        try:
-            samples = json.loads(message.payload)["samples"]
-            values = [(sample["p"], sample["ts"]) for sample in samples]
-            stamps = Counter(ts for _point, ts in values)
-            bad = sum(1 for sample in samples if sample["q"] != "good")
-        except (ValueError, KeyError, TypeError):
-            self.errors += 1
-            return
-        with self._lock:
-            duplicates = 0
-            for point, ts in values:
-                points = self._points_by_ts.setdefault(ts, set())
-                if point in points:
-                    duplicates += 1
-                else:
-                    points.add(point)
-            window = self._window
-            if window is None:
-                return
-            window.messages += 1
-            window.values += len(samples)
-            window.bad += bad
-            window.duplicates += duplicates
-            for ts, count in stamps.items():
-                window.latency[round((arrival_ms - ts) * 10)] += count
-
-
 # -- processes ---------------------------------------------------------------------------------
 
 
@@ -298,17 +208,10 @@ def agent_config(
     data_dir: Path,
 ) -> None:
     """An agent configuration: one OPC UA device in subscription mode, outbox defaults."""
-    lines = [
-        "agent:",
-        f"  id: {agent_id}",
-        f"  data_dir: {data_dir}",
-        "  log_level: info",
-        "mqtt:",
-        "  host: 127.0.0.1",
-        f"  port: {broker_port}",
-        f"  topic_prefix: {TOPIC_PREFIX}",
-        "  qos: 1",
-        "  health_interval: 60s",
+    lines = agent_config_head(
+        agent_id=agent_id, data_dir=data_dir, broker_port=broker_port, topic_prefix=TOPIC_PREFIX
+    )
+    lines += [
         "devices:",
         f"  - name: {DEVICE}",
         "    driver: opcua",
@@ -324,96 +227,6 @@ def agent_config(
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def measure(
-    result: RunResult,
-    command: list[str],
-    *,
-    workload: Workload,
-    broker: LocalBroker,
-    topic: str,
-    server_pid: int,
-    stats_file: Path,
-    log: Path,
-    warmup: float,
-    duration: float,
-) -> None:
-    """Start `command`, wait for its first message and the warm-up, measure, stop it."""
-    subscriber = Subscriber(broker.port, topic)
-    process: subprocess.Popen[bytes] | None = None
-    broker_process = getattr(broker, "_process", None)
-    broker_pid = broker_process.pid if broker_process is not None else None
-    try:
-        with log.open("wb") as output:
-            started = time.monotonic()
-            process = subprocess.Popen(command, cwd=REPO, stdout=output, stderr=output)
-        first = subscriber.wait_first(FIRST_MESSAGE_TIMEOUT_S)
-        if first is None:
-            raise RuntimeError(
-                f"no metric message within {FIRST_MESSAGE_TIMEOUT_S:g} s "
-                f"(exit status {process.poll()}): {tail(log)}"
-            )
-        result.first_message_s = round(first - started, 3)
-        time.sleep(warmup)
-        if process.poll() is not None:
-            raise RuntimeError(f"exited with status {process.returncode}: {tail(log)}")
-
-        others = {pid: cpu_seconds(pid) for pid in (server_pid, broker_pid) if pid}
-        server_begin = server_stats(stats_file)
-        cpu_begin = cpu_seconds(process.pid)
-        subscriber.begin()
-        window_begin = time.monotonic()
-        time.sleep(duration)
-        cpu_end = cpu_seconds(process.pid)
-        window = subscriber.end()
-        window_end = time.monotonic()
-        server_end = server_stats(stats_file)
-        others = {pid: cpu_seconds(pid) - cpu for pid, cpu in others.items()}
-        result.peak_rss_mib = round(status_kib(process.pid, "VmHWM") / 1024, 1)
-        result.rss_mib = round(status_kib(process.pid, "VmRSS") / 1024, 1)
-        result.loadavg = loadavg()
-        # The last values the server wrote in the window may still be on their way.
-        time.sleep(2 * workload.period + 1.0)
-        result.delivered_values = subscriber.delivered(
-            server_begin["last_ts_ms"], server_end["last_ts_ms"]
-        )
-
-        elapsed = window_end - window_begin
-        result.window_s = round(elapsed, 3)
-        result.values = window.values
-        result.bad_values = window.bad
-        result.duplicate_values = window.duplicates
-        result.messages = window.messages
-        result.unreadable_messages = subscriber.errors
-        result.values_per_s = round(window.values / elapsed, 1)
-        result.messages_per_s = round(window.messages / elapsed, 1)
-        result.server_values = server_end["values"] - server_begin["values"]
-        server_elapsed = server_end["monotonic"] - server_begin["monotonic"]
-        if server_elapsed > 0:
-            result.server_values_per_s = round(result.server_values / server_elapsed, 1)
-            result.server_rate_fraction = round(
-                result.server_values_per_s / workload.nominal_per_s, 4
-            )
-        result.server_late_ticks = server_end["late"] - server_begin["late"]
-        if result.server_values:
-            result.delivered_fraction = round(result.delivered_values / result.server_values, 4)
-        result.cpu_s = round(cpu_end - cpu_begin, 2)
-        result.cpu_percent = round(100 * (cpu_end - cpu_begin) / elapsed, 1)
-        if window.values:
-            result.cpu_s_per_1000_values = round(1000 * (cpu_end - cpu_begin) / window.values, 5)
-        result.latency_p50_ms = percentile(window.latency, 0.50)
-        result.latency_p95_ms = percentile(window.latency, 0.95)
-        result.latency_max_ms = max(window.latency) / 10 if window.latency else None
-        result.server_cpu_percent = round(100 * others.get(server_pid, 0.0) / elapsed, 1)
-        if broker_pid:
-            result.broker_cpu_percent = round(100 * others.get(broker_pid, 0.0) / elapsed, 1)
-        if process.poll() is not None:
-            raise RuntimeError(f"exited with status {process.returncode}: {tail(log)}")
-    finally:
-        if process is not None:
-            stop_process(process)
-        subscriber.close()
-
-
 def run_one(
     workload: Workload,
     subject: str,
@@ -426,55 +239,75 @@ def run_one(
     duration: float,
     round_number: int = 1,
 ) -> RunResult:
+    """Start the subject, wait for its first message and the warm-up, measure, stop it."""
     result = RunResult(workload.name, subject, workload.period)
     ident = f"{subject}-{workload.name.replace('@', '-')}-{round_number}"
-    topic = f"{TOPIC_PREFIX}/{ident}/metrics/#"
-    log = workdir / f"{ident}.log"
-    try:
-        with LocalBroker() as broker:
-            if subject == "agent":
-                config = workdir / f"{ident}.yaml"
-                agent_config(
-                    config,
-                    agent_id=ident,
-                    broker_port=broker.port,
-                    endpoint=endpoint,
-                    workload=workload,
-                    data_dir=workdir / f"{ident}-data",
-                )
-                command = [sys.executable, "-m", "agent", "run", str(config)]
-            else:
-                command = [
-                    sys.executable,
-                    str(BARE_SCRIPT),
-                    endpoint,
-                    str(broker.port),
-                    f"{workload.period:g}",
-                    "--namespace",
-                    NAMESPACE_URI,
-                    "--agent-id",
-                    ident,
-                    "--topic-prefix",
-                    TOPIC_PREFIX,
-                    "--device",
-                    DEVICE,
-                    "--points",
-                    str(workload.points),
-                ]
-            measure(
-                result,
-                command,
-                workload=workload,
-                broker=broker,
-                topic=topic,
-                server_pid=server_pid,
-                stats_file=stats_file,
-                log=log,
-                warmup=args.warmup,
-                duration=duration,
+
+    def command(broker: LocalBroker) -> list[str]:
+        if subject != "agent":
+            return bare_command(
+                BARE_SCRIPT,
+                endpoint,
+                str(broker.port),
+                f"{workload.period:g}",
+                "--namespace",
+                NAMESPACE_URI,
+                agent_id=ident,
+                topic_prefix=TOPIC_PREFIX,
+                device=DEVICE,
+                points=workload.points,
             )
-    except Exception as exc:
-        result.error = str(exc) or type(exc).__name__
+        config = workdir / f"{ident}.yaml"
+        agent_config(
+            config,
+            agent_id=ident,
+            broker_port=broker.port,
+            endpoint=endpoint,
+            workload=workload,
+            data_dir=workdir / f"{ident}-data",
+        )
+        return agent_command(config)
+
+    def window(process: MeasuredProcess) -> None:
+        server_begin = server_stats(stats_file)
+        process.begin()
+        time.sleep(duration)
+        arrived = process.end(result)
+        server_end = server_stats(stats_file)
+        # The last values the server wrote in the window may still be on their way.
+        time.sleep(2 * workload.period + 1.0)
+        result.delivered_values = process.subscriber.delivered(
+            server_begin["last_ts_ms"], server_end["last_ts_ms"]
+        )
+
+        result.values = arrived.samples
+        result.bad_values = arrived.bad
+        result.duplicate_values = arrived.duplicates
+        result.values_per_s = process.per_second(arrived.samples)
+        result.server_values = server_end["values"] - server_begin["values"]
+        server_elapsed = server_end["monotonic"] - server_begin["monotonic"]
+        if server_elapsed > 0:
+            result.server_values_per_s = round(result.server_values / server_elapsed, 1)
+            result.server_rate_fraction = round(
+                result.server_values_per_s / workload.nominal_per_s, 4
+            )
+        result.server_late_ticks = server_end["late"] - server_begin["late"]
+        if result.server_values:
+            result.delivered_fraction = round(result.delivered_values / result.server_values, 4)
+        result.cpu_s_per_1000_values = process.cpu_per_1000(arrived.samples)
+
+    run_subject(
+        result,
+        ident=ident,
+        topic_prefix=TOPIC_PREFIX,
+        workdir=workdir,
+        command=command,
+        window=window,
+        server_pid=server_pid,
+        warmup=args.warmup,
+        first_timeout=FIRST_MESSAGE_TIMEOUT_S,
+        track_values=True,
+    )
     return result
 
 
@@ -482,53 +315,25 @@ def combine(runs: list[RunResult], workload: Workload) -> RunResult:
     """One result from a subject's rounds: totals over all windows (CPU per value is total CPU
     over total values, delivered is total delivered over total written), the largest RSS, the
     lowest server rate, the median round's latencies and start time."""
-    first = runs[0]
-    failed = [run.error for run in runs if run.error]
-    window = sum(run.window_s for run in runs)
+    pooled = pool(runs)
     values = sum(run.values for run in runs)
-    messages = sum(run.messages for run in runs)
-    cpu = sum(run.cpu_s for run in runs)
     server_values = sum(run.server_values for run in runs)
     delivered = sum(run.delivered_values for run in runs)
     server_rates = [r.server_values_per_s for r in runs if r.server_rate_fraction is not None]
-
-    def median_of(name: str) -> float | None:
-        found = [getattr(run, name) for run in runs if getattr(run, name) is not None]
-        return statistics.median(found) if found else None
-
-    maxima = [run.latency_max_ms for run in runs if run.latency_max_ms is not None]
     slowest = min(server_rates) if server_rates else 0.0
     return RunResult(
-        workload=first.workload,
-        subject=first.subject,
-        interval_s=first.interval_s,
-        error=failed[0] if failed else None,
-        window_s=round(window, 1),
+        **pooled.fields,
         values=values,
         bad_values=sum(run.bad_values for run in runs),
         duplicate_values=sum(run.duplicate_values for run in runs),
-        messages=messages,
-        unreadable_messages=sum(run.unreadable_messages for run in runs),
-        values_per_s=round(values / window, 1) if window else 0.0,
-        messages_per_s=round(messages / window, 1) if window else 0.0,
+        values_per_s=pooled.per_second(values),
         server_values=server_values,
         server_values_per_s=slowest,
         server_rate_fraction=round(slowest / workload.nominal_per_s, 4) if server_rates else None,
         server_late_ticks=sum(run.server_late_ticks for run in runs),
         delivered_values=delivered,
         delivered_fraction=round(delivered / server_values, 4) if server_values else None,
-        cpu_s=round(cpu, 2),
-        cpu_s_per_1000_values=round(cpu / values * 1000, 5) if values else None,
-        cpu_percent=round(cpu / window * 100, 1) if window else 0.0,
-        peak_rss_mib=max(run.peak_rss_mib for run in runs),
-        rss_mib=max(run.rss_mib for run in runs),
-        latency_p50_ms=median_of("latency_p50_ms"),
-        latency_p95_ms=median_of("latency_p95_ms"),
-        latency_max_ms=max(maxima) if maxima else None,
-        first_message_s=median_of("first_message_s"),
-        server_cpu_percent=round(statistics.fmean(r.server_cpu_percent for r in runs), 1),
-        broker_cpu_percent=round(statistics.fmean(r.broker_cpu_percent for r in runs), 1),
-        loadavg=runs[-1].loadavg,
+        cpu_s_per_1000_values=pooled.cpu_per_1000(values),
     )
 
 
@@ -536,58 +341,52 @@ def combine(runs: list[RunResult], workload: Workload) -> RunResult:
 
 
 def check_targets(agent: RunResult, bare: RunResult) -> list[TargetCheck]:
-    checks: list[TargetCheck] = []
-
-    def add(
-        name: str,
-        value: float | None,
-        fmt: Callable[[float], str],
-        ok: bool,
-        *,
-        needs_bare: bool = False,
-    ) -> None:
-        if agent.error or value is None or (needs_bare and bare.error):
-            checks.append(TargetCheck(name, agent.workload, "n/a", None))
-        else:
-            checks.append(TargetCheck(name, agent.workload, fmt(value), ok))
-
     rates = [
         run.server_rate_fraction
         for run in (agent, bare)
         if not run.error and run.server_rate_fraction is not None
     ]
     server_rate = min(rates) if len(rates) == 2 else None
-    add(
-        f"server writes >= {SERVER_RATE_TARGET:.0%} of its nominal rate",
-        server_rate,
-        lambda v: f"{v:.1%}",
-        server_rate is not None and server_rate >= SERVER_RATE_TARGET,
-        needs_bare=True,
-    )
     delivered = agent.delivered_fraction
-    add(
-        f"agent delivers >= {DELIVERED_TARGET:.0%} of the values written",
-        delivered,
-        lambda v: f"{v:.1%}",
-        delivered is not None and delivered >= DELIVERED_TARGET,
-    )
     cpu_ratio = ratio(agent.cpu_s_per_1000_values, bare.cpu_s_per_1000_values)
-    add(
-        f"CPU per 1,000 values <= {CPU_RATIO_TARGET:g} x bare",
-        cpu_ratio,
-        lambda v: f"{v:.2f} x",
-        cpu_ratio is not None and cpu_ratio <= CPU_RATIO_TARGET,
-        needs_bare=True,
-    )
     rss_ratio = ratio(agent.peak_rss_mib, bare.peak_rss_mib)
-    add(
-        f"peak RSS <= {RSS_RATIO_TARGET:g} x bare",
-        rss_ratio,
-        lambda v: f"{v:.2f} x",
-        rss_ratio is not None and rss_ratio <= RSS_RATIO_TARGET,
-        needs_bare=True,
-    )
-    return checks
+    return [
+        target_check(
+            f"server writes >= {SERVER_RATE_TARGET:.0%} of its nominal rate",
+            agent,
+            bare,
+            server_rate,
+            lambda v: f"{v:.1%}",
+            server_rate is not None and server_rate >= SERVER_RATE_TARGET,
+            needs_bare=True,
+        ),
+        target_check(
+            f"agent delivers >= {DELIVERED_TARGET:.0%} of the values written",
+            agent,
+            bare,
+            delivered,
+            lambda v: f"{v:.1%}",
+            delivered is not None and delivered >= DELIVERED_TARGET,
+        ),
+        target_check(
+            f"CPU per 1,000 values <= {CPU_RATIO_TARGET:g} x bare",
+            agent,
+            bare,
+            cpu_ratio,
+            lambda v: f"{v:.2f} x",
+            cpu_ratio is not None and cpu_ratio <= CPU_RATIO_TARGET,
+            needs_bare=True,
+        ),
+        target_check(
+            f"peak RSS <= {RSS_RATIO_TARGET:g} x bare",
+            agent,
+            bare,
+            rss_ratio,
+            lambda v: f"{v:.2f} x",
+            rss_ratio is not None and rss_ratio <= RSS_RATIO_TARGET,
+            needs_bare=True,
+        ),
+    ]
 
 
 ROWS: list[tuple[str, str, str]] = [
@@ -608,90 +407,49 @@ ROWS: list[tuple[str, str, str]] = [
     ("broker CPU %", "broker_cpu_percent", "{:.0f}"),
 ]
 # Rows whose agent/bare ratio means nothing (the server's figures, a share, a latency).
-NO_RATIO = {
-    "server_values_per_s",
-    "delivered_fraction",
-    "duplicate_values",
-    "server_cpu_percent",
-    "broker_cpu_percent",
-}
+NO_RATIO = frozenset(
+    {
+        "server_values_per_s",
+        "delivered_fraction",
+        "duplicate_values",
+        "server_cpu_percent",
+        "broker_cpu_percent",
+    }
+)
 
 
 def report(
     results: dict[str, dict[str, RunResult]], checks: list[TargetCheck], console: Console
 ) -> None:
-    table = Table(title="OPC UA subscription: agent vs bare asyncua + paho")
-    table.add_column("metric")
-    for workload in results:
-        table.add_column(f"{workload}\nagent", justify="right")
-        table.add_column(f"{workload}\nbare", justify="right")
-        table.add_column(f"{workload}\nagent/bare", justify="right")
-    for label, attribute, fmt in ROWS:
-        cells = [label]
-        for pair in results.values():
-            agent, bare = pair["agent"], pair["bare"]
-            a = None if agent.error else getattr(agent, attribute)
-            b = None if bare.error else getattr(bare, attribute)
-            shown_ratio = None if attribute in NO_RATIO else ratio(a, b)
-            cells += [show(a, fmt), show(b, fmt), show(shown_ratio, "{:.2f}")]
-        table.add_row(*cells)
-    console.print(table)
-
-    targets = Table(title="Targets")
-    targets.add_column("target")
-    targets.add_column("workload")
-    targets.add_column("agent", justify="right")
-    targets.add_column("result")
-    for check in checks:
-        verdict = {True: "[green]PASS[/]", False: "[red]FAIL[/]", None: "[yellow]n/a[/]"}
-        targets.add_row(check.target, check.workload, check.value, verdict[check.passed])
-    console.print(targets)
+    title = "OPC UA subscription: agent vs bare asyncua + paho"
+    print_comparison(console, title, results, ROWS, NO_RATIO)
+    print_targets(console, checks)
 
     for pair in results.values():
         for run in pair.values():
             if run.error:
                 console.print(f"[red]{run.subject} {run.workload} failed:[/] {run.error}")
+            warnings = []
             if run.duplicate_values:
-                console.print(
-                    f"[yellow]{run.subject} {run.workload}: {run.duplicate_values:,} values "
-                    f"received twice ({run.duplicate_values / max(run.values, 1):.1%} of "
-                    "those received)[/]"
+                warnings.append(
+                    f"{run.duplicate_values:,} values received twice "
+                    f"({run.duplicate_values / max(run.values, 1):.1%} of those received)"
                 )
             if run.bad_values or run.unreadable_messages:
-                console.print(
-                    f"[yellow]{run.subject} {run.workload}: {run.bad_values} BAD values, "
-                    f"{run.unreadable_messages} unreadable messages[/]"
+                warnings.append(
+                    f"{run.bad_values} BAD values, {run.unreadable_messages} unreadable messages"
                 )
             if run.server_late_ticks:
-                console.print(
-                    f"[yellow]{run.subject} {run.workload}: the server skipped "
-                    f"{run.server_late_ticks} late ticks[/]"
-                )
+                warnings.append(f"the server skipped {run.server_late_ticks} late ticks")
+            for warning in warnings:
+                console.print(f"[yellow]{run.subject} {run.workload}: {warning}[/]")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.opcua_subscribe", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument(
-        "--duration",
-        type=float,
-        default=20.0,
-        help="seconds measured per subject and workload, split over the rounds",
-    )
-    parser.add_argument(
-        "--rounds",
-        type=int,
-        default=2,
-        help="agent/bare turns per workload, alternating which goes first (default 2)",
-    )
-    parser.add_argument(
-        "--warmup",
-        type=float,
-        default=3.0,
-        help="seconds after the first message that are not measured",
-    )
-    parser.add_argument("--check", action="store_true", help="exit 1 when a target fails")
+    add_window_options(parser, rounds=2, warmup=3.0)
     parser.add_argument(
         "--workload",
         action="append",
@@ -700,21 +458,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--output", type=Path, default=RESULTS, help="JSON results file")
     args = parser.parse_args(argv)
-    compile_agent()  # measure the agent as installed: bytecode compiled, as pip does
-    # Piped output (CI, `tee`) would otherwise be wrapped at 80 columns.
-    console = Console() if sys.stdout.isatty() else Console(width=120)
-
-    # SIGTERM to the benchmark unwinds like Ctrl-C, so every finally block stops its process.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    session = Session()
+    console = session.console
 
     workloads = [w for w in WORKLOADS if not args.workload or w.name in args.workload]
     results: dict[str, dict[str, RunResult]] = {}
     round_ratios: dict[str, list[float | None]] = {}
-    code = code_version()
-    dirty = f", {len(code['changed_files'])} agent files changed" if code["changed_files"] else ""
-    console.print(f"[dim]Agent code: commit {code['commit']}{dirty}.[/]")
-    began = time.monotonic()
-    load_before = loadavg()
     try:
         with tempfile.TemporaryDirectory(prefix="shopfloor-bench-") as tmp:
             workdir = Path(tmp)
@@ -724,30 +473,16 @@ def main(argv: list[str] | None = None) -> int:
                 stats_file = workdir / f"server-{workload.points}.json"
                 server_log = workdir / f"opcua-server-{workload.points}.log"
                 with opcua_server(port, workload, stats_file, server_log) as server:
-                    runs: dict[str, list[RunResult]] = {"agent": [], "bare": []}
-                    share = args.duration / args.rounds
-                    for number in range(1, args.rounds + 1):
-                        # Alternating order, so that a machine that slows down or speeds up
-                        # during the benchmark favours neither subject.
-                        order = ("agent", "bare") if number % 2 else ("bare", "agent")
-                        for subject in order:
-                            console.print(
-                                f"[dim]{workload.name} round {number}/{args.rounds}: {subject} "
-                                f"({args.warmup:g} s warm-up + {share:g} s)...[/]"
-                            )
-                            runs[subject].append(
-                                run_one(
-                                    workload,
-                                    subject,
-                                    endpoint=endpoint,
-                                    server_pid=server.pid,
-                                    stats_file=stats_file,
-                                    workdir=workdir,
-                                    args=args,
-                                    duration=share,
-                                    round_number=number,
-                                )
-                            )
+                    run = partial(
+                        run_one,
+                        workload,
+                        endpoint=endpoint,
+                        server_pid=server.pid,
+                        stats_file=stats_file,
+                        workdir=workdir,
+                        args=args,
+                    )
+                    runs = agent_and_bare(console, args, workload.name, run)
                 results[workload.name] = {s: combine(r, workload) for s, r in runs.items()}
                 round_ratios[workload.name] = [
                     None
@@ -755,18 +490,12 @@ def main(argv: list[str] | None = None) -> int:
                     else ratio(agent.cpu_s_per_1000_values, bare.cpu_s_per_1000_values)
                     for agent, bare in zip(runs["agent"], runs["bare"], strict=True)
                 ]
-    except BrokerNotFound as exc:
-        console.print(f"[red]{exc}[/]")
-        return 2
-    except KeyboardInterrupt:
-        console.print("[red]Interrupted; every process this benchmark started is stopped.[/]")
-        return 130
+    except (BrokerNotFound, KeyboardInterrupt) as exc:
+        return session.stopped(exc)
 
     checks = [check for pair in results.values() for check in check_targets(**pair)]
     report(results, checks, console)
-    for name, ratios in round_ratios.items():
-        shown = ", ".join("-" if value is None else f"{value:.2f}" for value in ratios)
-        console.print(f"{name}: agent/bare CPU per 1,000 values in each round: {shown}")
+    print_round_ratios(console, round_ratios, "values")
 
     document = {
         "benchmark": "opcua_subscribe",
@@ -777,37 +506,12 @@ def main(argv: list[str] | None = None) -> int:
         "rounds": args.rounds,
         "round_cpu_ratios": round_ratios,
         "warmup_s": args.warmup,
-        "wall_s": round(time.monotonic() - began, 1),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "loadavg_before": load_before,
-            "loadavg_after": loadavg(),
-            "platform": platform.platform(),
-        },
-        "versions": versions("shopfloor-agent", "asyncua", "paho-mqtt"),
-        "code": code,
-        "runs": {
-            name: {
-                **{subject: asdict(run) for subject, run in pair.items()},
-                "ratio": {
-                    attribute: ratio(
-                        None if pair["agent"].error else getattr(pair["agent"], attribute),
-                        None if pair["bare"].error else getattr(pair["bare"], attribute),
-                    )
-                    for _label, attribute, _fmt in ROWS
-                    if attribute not in NO_RATIO
-                },
-            }
-            for name, pair in results.items()
-        },
+        **session.provenance("shopfloor-agent", "asyncua", "paho-mqtt"),
+        "runs": runs_document(results, ROWS, NO_RATIO),
         "targets": [asdict(check) for check in checks],
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
-    console.print(f"[dim]Wrote {args.output} ({document['wall_s']} s).[/]")
-
-    failed = any(check.passed is not True for check in checks)
-    return 1 if args.check and failed else 0
+    session.write(args.output, document)
+    return exit_status(checks, args.check)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -10,7 +11,15 @@ from pathlib import Path
 
 from bench.bytecode import REPO
 
-__all__ = ["cpu_seconds", "loadavg", "ready_server", "stop_process", "tail"]
+__all__ = [
+    "cpu_seconds",
+    "loadavg",
+    "ready_server",
+    "status_kib",
+    "stop_process",
+    "tail",
+    "unwind_on_sigterm",
+]
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # The agent may spend up to 5 s draining its outbox at SIGTERM.
@@ -23,6 +32,15 @@ def cpu_seconds(pid: int) -> float:
         fields = stat.read().rsplit(")", 1)[1].split()
     # After "pid (comm)": state is fields[0]; utime and stime are fields 14 and 15 of stat(5).
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def status_kib(pid: int, key: str) -> int:
+    """A `kB` field of /proc/PID/status, e.g. VmHWM or VmRSS."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise KeyError(key)
 
 
 def loadavg() -> list[float]:
@@ -41,6 +59,11 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+def unwind_on_sigterm() -> None:
+    """SIGTERM to the benchmark unwinds like Ctrl-C, so every finally block stops its process."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 def tail(path: Path, chars: int = 1500) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from contextlib import suppress
@@ -9,8 +10,9 @@ from importlib import metadata
 from typing import Any
 
 from bench.bytecode import REPO
+from bench.processes import loadavg
 
-__all__ = ["code_version", "versions"]
+__all__ = ["code_version", "machine", "versions"]
 
 
 def versions(*packages: str) -> dict[str, str]:
@@ -37,4 +39,14 @@ def code_version() -> dict[str, Any]:
     return {
         "commit": git("rev-parse", "--short", "HEAD") or None,
         "changed_files": [line[3:] for line in changed.splitlines()],
+    }
+
+
+def machine(loadavg_before: list[float]) -> dict[str, Any]:
+    """The machine measured: its CPUs, its load before the benchmark (given) and now, its OS."""
+    return {
+        "cpus": os.cpu_count(),
+        "loadavg_before": loadavg_before,
+        "loadavg_after": loadavg(),
+        "platform": platform.platform(),
     }
