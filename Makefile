@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test lint typecheck unit bench system-deps install clean
+.PHONY: demo test lint typecheck unit bench soak system-deps install clean
 
 # Debian packages the tests and the demo start as real peers: a Mosquitto broker, socat for
 # serial pseudo-terminals.
@@ -43,6 +43,12 @@ bench: install
 	$(BIN)/python -m bench.modbus_500 --check --duration 90 --rounds 3
 	$(BIN)/python -m bench.modbus_planner --check --duration 60
 	$(BIN)/python -m bench.opcua_subscribe --check --duration 60 --rounds 2
+	$(BIN)/python -m bench.outbox_io --check --duration 30
+	$(BIN)/python -m bench.drain --check --rounds 3
+
+# The 30-minute soak at 1,000 samples/s (RSS growth, every sample delivered); not in `bench`.
+soak: install
+	$(BIN)/python -m bench.soak --check --duration 1800
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

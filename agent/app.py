@@ -8,6 +8,7 @@ import logging
 import os
 import resource
 import sqlite3
+import ssl
 import time
 from typing import Any
 
@@ -19,13 +20,21 @@ from agent.outbox import Outbox
 from agent.pipeline import DeviceRunner, Handoff, OutboxWriter, PipelineStats
 from agent.publish.mqtt import MqttPublisher
 from agent.publish.payload import Topics, max_message_body
+from agent.publish.tls import TlsSetupError, tls_context
 from agent.retention import Retention
 from agent.settings import AnyDevice, Config, OpcUaDevice
 from drivers.base import PolledDriver
 from drivers.modbus.client import ModbusDriver
 from drivers.modbus.line import ModbusLines
 
-__all__ = ["Agent", "AgentFailed", "StartupError", "open_outbox", "read_password"]
+__all__ = [
+    "Agent",
+    "AgentFailed",
+    "StartupError",
+    "mqtt_tls_context",
+    "open_outbox",
+    "read_password",
+]
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +49,7 @@ class AgentFailed(RuntimeError):
 
 
 class StartupError(Exception):
-    """The agent cannot start: the outbox file or the MQTT password cannot be used."""
+    """The agent cannot start: the outbox file, the MQTT password or a TLS file cannot be used."""
 
 
 def read_password(config: Config) -> str | None:
@@ -53,6 +62,24 @@ def read_password(config: Config) -> str | None:
             env_label="mqtt.password_env",
         )
     except SecretUnavailable as exc:
+        raise StartupError(str(exc)) from exc
+
+
+def mqtt_tls_context(config: Config) -> ssl.SSLContext | None:
+    """The TLS context of `mqtt.tls` (None without TLS): its files are read and checked here,
+    before any network I/O, so that a wrong path or key stops the start with a clear error."""
+    tls = config.mqtt.tls
+    if tls is None:
+        return None
+    try:
+        key_password = read_secret(
+            tls.key_password_file,
+            tls.key_password_env,
+            file_label="MQTT TLS key password file",
+            env_label="mqtt.tls.key_password_env",
+        )
+        return tls_context(tls, key_password)
+    except (SecretUnavailable, TlsSetupError) as exc:
         raise StartupError(str(exc)) from exc
 
 
@@ -81,6 +108,7 @@ class Agent:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.started = time.monotonic()
         password = read_password(config)
+        tls = mqtt_tls_context(config)
         self.outbox, self.session = open_outbox(config)
         self.buffer = LiveBuffer(self.outbox)
         self.publisher = MqttPublisher(
@@ -91,6 +119,7 @@ class Agent:
             buffer=self.buffer,
             session=self.session,
             password=password,
+            tls=tls,
             on_fatal=self._component_failed,
         )
         self.handoff = Handoff(_HANDOFF_BATCHES, self.stats)
@@ -180,11 +209,14 @@ class Agent:
         failed = False
         while True:
             try:
-                self.publisher.offer_health(await asyncio.to_thread(self.health))
+                report = await asyncio.to_thread(self.health)
+                self.publisher.offer_health(report)
+                # Also kept in the outbox file: `shopfloor status` reads it without the broker.
+                await asyncio.to_thread(self.outbox.save_status, report, report["ts"])
                 failed = False
             except Exception:  # health must never take the data path down with it
                 if not failed:
-                    log.exception("Could not build the health report; data keeps flowing.")
+                    log.exception("Could not build or store the health report; data keeps flowing.")
                 failed = True
             await asyncio.sleep(self.config.mqtt.health_interval)
 

@@ -55,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
         "  shopfloor check /etc/shopfloor/agent.yaml\n"
         "  shopfloor run /etc/shopfloor/agent.yaml\n"
         "  shopfloor read /etc/shopfloor/agent.yaml line1.press3.oil_temp\n"
+        "  shopfloor status /etc/shopfloor/agent.yaml\n"
         "  shopfloor demo",
     )
     parser.add_argument("--version", action="version", version=f"shopfloor-agent {__version__}")
@@ -343,6 +344,110 @@ def _parser() -> argparse.ArgumentParser:
     )
     trust.add_argument("--yes", action="store_true", help="trust without asking")
     trust.set_defaults(handler=_trust)
+
+    status = command(
+        "status",
+        "Show the running agent's latest health (MQTT link, outbox, devices, process), read from "
+        "its outbox file: no broker needed. Exit 0 when the report is fresh and every device is "
+        "connected, 1 otherwise (no report, older than 3 x mqtt.health_interval: the agent may "
+        "not be running, or a device not connected), 2 when the configuration is invalid.",
+        "shopfloor status /etc/shopfloor/agent.yaml",
+    )
+    status.add_argument("config", type=Path, help="the agent's YAML configuration")
+    status.add_argument("--json", action="store_true", help="print the raw health report")
+    status.set_defaults(handler=_status)
+
+    outbox = command(
+        "outbox",
+        "Look into the outbox file on site: what waits and what was dropped, export records, "
+        "replay dead letters, purge records on purpose. Safe while the agent runs; never "
+        "creates an outbox file.",
+        "shopfloor outbox /etc/shopfloor/agent.yaml stats",
+    )
+    outbox.epilog = (
+        "Examples:\n"
+        "  shopfloor outbox agent.yaml stats                      what waits, by kind and topic\n"
+        "  shopfloor outbox agent.yaml export --output backlog.jsonl\n"
+        "  shopfloor outbox agent.yaml export --dead-letters --format csv > dead.csv\n"
+        "  shopfloor outbox agent.yaml replay-dead                after fixing the broker's ACL\n"
+        "  shopfloor outbox agent.yaml purge --kind metrics --older-than 2d\n"
+        "  shopfloor outbox agent.yaml purge --dead-letters --yes\n"
+        "Exit status: 0 done, 1 failed or declined (one sentence on stderr), 2 invalid "
+        "configuration or arguments."
+    )
+    outbox.add_argument(
+        "config", type=Path, metavar="CONFIG", help="the agent's YAML configuration"
+    )
+    actions = outbox.add_subparsers(title="actions", metavar="ACTION", dest="action", required=True)
+
+    def outbox_action(name: str, summary: str, example: str) -> argparse.ArgumentParser:
+        return actions.add_parser(
+            name,
+            help=summary,
+            description=summary[0].upper() + summary[1:] + ".",
+            epilog=f"Example:\n  shopfloor outbox /etc/shopfloor/agent.yaml {example}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    outbox_stats = outbox_action(
+        "stats",
+        "rows and records waiting by kind and topic, bytes against the cap, ages, dead "
+        "letters, dropped and purged records, accepted records, session",
+        "stats --json",
+    )
+    outbox_stats.add_argument("--json", action="store_true", help="print JSON for scripts")
+    outbox_export = outbox_action(
+        "export",
+        "write every waiting record (or dead letter), one line each, with its row id, kind "
+        "and topic",
+        "export --format csv --output backlog.csv",
+    )
+    outbox_export.add_argument(
+        "--dead-letters", action="store_true", help="export the dead-letter table instead"
+    )
+    outbox_export.add_argument(
+        "--format",
+        choices=["jsonl", "csv"],
+        default="jsonl",
+        help="JSON lines (default) or CSV (event data as JSON text)",
+    )
+    outbox_export.add_argument(
+        "--output",
+        "-o",
+        type=Path,
+        metavar="FILE",
+        help="write here (never overwritten) instead of stdout",
+    )
+    outbox_action(
+        "replay-dead",
+        "move every dead letter back into the outbox, to be sent again",
+        "replay-dead",
+    )
+    outbox_purge = outbox_action(
+        "purge",
+        "delete waiting records on purpose (shown first, then asked), counted as purged_<kind> "
+        "in the outbox's meta table",
+        "purge --kind metrics --older-than 2d",
+    )
+    outbox_purge.add_argument(
+        "--dead-letters", action="store_true", help="purge from the dead-letter table"
+    )
+    outbox_purge.add_argument("--kind", choices=["metrics", "events"], help="only this kind")
+    outbox_purge.add_argument(
+        "--older-than",
+        type=_duration,
+        metavar="DURATION",
+        help="only batches sampled longer ago than this, e.g. 2d, 12h (0s: all)",
+    )
+    outbox_purge.add_argument(
+        "--topic",
+        action="append",
+        default=[],
+        metavar="DEVICE",
+        help="only this device (or event kind); may be repeated",
+    )
+    outbox_purge.add_argument("--yes", action="store_true", help="purge without asking")
+    outbox.set_defaults(handler=_outbox)
 
     demo = command(
         "demo",
@@ -676,6 +781,49 @@ def _browse(args: argparse.Namespace) -> int:
         export=args.export,
         timeout=4.0 if timeout is None else timeout,
         secured_by=secured_by,
+    )
+
+
+def _duration(text: str) -> float:
+    """`--older-than 2d` in seconds (argparse shows the error with the usage)."""
+    from agent.settings import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _status(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    from agent.status import status_command
+
+    return status_command(config, as_json=args.json)
+
+
+def _outbox(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return EXIT_CONFIG
+    from agent import outbox_tools  # sqlite-utils: only here, never in the running agent
+
+    if args.action == "stats":
+        return outbox_tools.stats_command(config, as_json=args.json)
+    if args.action == "export":
+        return outbox_tools.export_command(
+            config, dead_letters=args.dead_letters, output_format=args.format, output=args.output
+        )
+    if args.action == "replay-dead":
+        return outbox_tools.replay_dead_command(config)
+    return outbox_tools.purge_command(
+        config,
+        dead_letters=args.dead_letters,
+        kind=args.kind,
+        older_than_s=args.older_than,
+        topics=args.topic,
+        yes=args.yes,
     )
 
 

@@ -271,6 +271,10 @@ def _position(problem: ConfigProblem) -> tuple[int, int]:
     return problem.line, problem.column
 
 
+# The file settings of mqtt.tls: resolved against the config file's directory, checked to exist.
+_MQTT_TLS_FILES = ("ca_file", "cert_file", "key_file", "key_password_file")
+
+
 def _resolve_paths(config: Config, base: Path) -> Config:
     data_dir = config.agent.data_dir
     if not data_dir.is_absolute():
@@ -278,10 +282,19 @@ def _resolve_paths(config: Config, base: Path) -> Config:
     password_file = config.mqtt.password_file
     if password_file is not None and not password_file.is_absolute():
         password_file = _resolve(base, password_file)
+    mqtt_update: dict[str, Any] = {"password_file": password_file}
+    tls = config.mqtt.tls
+    if tls is not None:
+        tls_update = {
+            name: _resolve(base, path)
+            for name in _MQTT_TLS_FILES
+            if (path := getattr(tls, name)) is not None and not path.is_absolute()
+        }
+        mqtt_update["tls"] = tls.model_copy(update=tls_update)
     return config.model_copy(
         update={
             "agent": config.agent.model_copy(update={"data_dir": data_dir}),
-            "mqtt": config.mqtt.model_copy(update={"password_file": password_file}),
+            "mqtt": config.mqtt.model_copy(update=mqtt_update),
             "devices": [_resolve_device_paths(device, base) for device in config.devices],
         }
     )
@@ -599,23 +612,23 @@ def _cross_check(document: dict[str, Any], locator: _Locator, base: Path) -> lis
             occupied.setdefault(table, []).append((start, end, str(point_id), bit, notation))
     mqtt = document.get("mqtt")
     if isinstance(mqtt, dict):
-        password_file = mqtt.get("password_file")
-        if isinstance(password_file, str) and "\0" not in password_file:
-            resolved = _resolve(base, Path(password_file))
-            if not resolved.is_file():
-                shown = repr(password_file)
-                if str(resolved) != password_file:
-                    shown += f" ({resolved})"
-                problems.append(
-                    locator.problem(("mqtt", "password_file"), f"file {shown} does not exist")
-                )
-        password_env = mqtt.get("password_env")
-        if isinstance(password_env, str) and password_env not in os.environ:
-            problems.append(
-                locator.problem(
-                    ("mqtt", "password_env"), f"environment variable {password_env} is not set"
-                )
-            )
+        files: list[tuple[Loc, object]] = [(("mqtt", "password_file"), mqtt.get("password_file"))]
+        variables: list[tuple[Loc, object]] = [(("mqtt", "password_env"), mqtt.get("password_env"))]
+        tls = mqtt.get("tls")
+        if isinstance(tls, dict):
+            files.extend((("mqtt", "tls", name), tls.get(name)) for name in _MQTT_TLS_FILES)
+            variables.append((("mqtt", "tls", "key_password_env"), tls.get("key_password_env")))
+        for loc, file in files:
+            if isinstance(file, str) and "\0" not in file:
+                resolved = _resolve(base, Path(file))
+                if not resolved.is_file():
+                    shown = repr(file)
+                    if str(resolved) != file:
+                        shown += f" ({resolved})"
+                    problems.append(locator.problem(loc, f"file {shown} does not exist"))
+        for loc, variable in variables:
+            if isinstance(variable, str) and variable not in os.environ:
+                problems.append(locator.problem(loc, f"environment variable {variable} is not set"))
     return problems
 
 

@@ -14,13 +14,14 @@ to every agent.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 __all__ = ["Dropped", "Outbox", "OutboxStats", "PendingRow", "StoredRow"]
 
@@ -331,6 +332,38 @@ class Outbox:
             "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
             (key, value),
         )
+
+    # -- the agent's latest health report, read by `shopfloor status` --------------------------
+
+    def save_status(self, report: Mapping[str, Any], updated_ms: int) -> None:
+        """Keep the latest health report in the file (one small row, replaced each time), so
+        that `shopfloor status` shows it without the broker."""
+        text = json.dumps(report, separators=(",", ":"), ensure_ascii=False, default=str)
+        with self._transaction():
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS agent_status "
+                "(key TEXT PRIMARY KEY, value TEXT NOT NULL, updated INTEGER NOT NULL)"
+            )
+            self._db.execute(
+                "INSERT INTO agent_status (key, value, updated) VALUES ('health', ?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated = excluded.updated",
+                (text, updated_ms),
+            )
+
+    def latest_status(self) -> tuple[dict[str, Any], int] | None:
+        """The health report saved last and when (epoch ms), or None if none was saved."""
+        with self._lock:
+            if not self._db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'agent_status'"
+            ).fetchone():
+                return None
+            row = self._db.execute(
+                "SELECT value, updated FROM agent_status WHERE key = 'health'"
+            ).fetchone()
+        if row is None:
+            return None
+        report = json.loads(row[0])
+        return (report, int(row[1])) if isinstance(report, dict) else None
 
 
 def _dropped(kind: RowKind, rows: Sequence[tuple[int, int, int]]) -> Dropped | None:

@@ -26,6 +26,7 @@ __all__ = [
     "ModbusRtuOverTcpDevice",
     "ModbusTcpDevice",
     "MqttSettings",
+    "MqttTls",
     "OpcUaDevice",
     "OpcUaPoint",
     "OpcUaSecurity",
@@ -197,11 +198,49 @@ class AgentSettings(_Strict):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+# The IANA ports of MQTT and of MQTT over TLS.
+MQTT_PORT = 1883
+MQTT_TLS_PORT = 8883
+
+
+class MqttTls(_Strict):
+    """TLS to the broker. The broker's certificate and its host name are always checked; there
+    is no switch to turn that off (see `server_name` for a broker reached by an IP address)."""
+
+    # The CA certificate(s), PEM, that signed the broker's certificate; without it, the CAs the
+    # operating system trusts.
+    ca_file: FilePath | None = None
+    # Mutual TLS: the agent's own certificate (PEM, may also hold the key) and its private key.
+    cert_file: FilePath | None = None
+    key_file: FilePath | None = None
+    # Only for an encrypted private key: its password, from a file or an environment variable.
+    key_password_file: FilePath | None = None
+    key_password_env: str | None = None
+    # The name the broker's certificate must carry, when it differs from `mqtt.host` (a broker
+    # reached by IP address whose certificate names broker.example).
+    server_name: Host | None = None
+    min_version: Annotated[Literal["1.2", "1.3"], BeforeValidator(str)] = "1.2"
+
+    @model_validator(mode="after")
+    def _client_certificate(self) -> MqttTls:
+        if self.key_file is not None and self.cert_file is None:
+            raise FieldError("key_file", "a key_file needs its certificate: add cert_file")
+        if self.key_password_file is not None and self.key_password_env is not None:
+            raise FieldError(
+                "key_password_env", "give key_password_file or key_password_env, not both"
+            )
+        if (self.key_password_file or self.key_password_env) and self.cert_file is None:
+            field = "key_password_file" if self.key_password_file else "key_password_env"
+            raise FieldError(field, "a key password needs the certificate and key: add cert_file")
+        return self
+
+
 class MqttSettings(_Strict):
     """The platform's broker and how to talk to it."""
 
     host: Host
-    port: Port = 1883
+    # 1883, or 8883 when `tls` is given (see _tls_port).
+    port: Port = MQTT_PORT
     client_id: Name | None = None
     version: Annotated[Literal["5", "3.1.1"], BeforeValidator(str)] = "5"
     username: str | None = None
@@ -217,6 +256,15 @@ class MqttSettings(_Strict):
     health_interval: Annotated[Seconds, _duration(1, 3600)] = 30.0
     reconnect_min: Annotated[Seconds, _duration(0.1, 60)] = 1.0
     reconnect_max: Annotated[Seconds, _duration(1, 3600)] = 60.0
+    tls: MqttTls | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tls_port(cls, data: Any) -> Any:
+        """Without a port, TLS goes to 8883, the port brokers serve MQTT over TLS on."""
+        if isinstance(data, dict) and data.get("tls") is not None and "port" not in data:
+            return {**data, "port": MQTT_TLS_PORT}
+        return data
 
     @model_validator(mode="after")
     def _one_password_source(self) -> MqttSettings:
@@ -691,7 +739,7 @@ class OpcUaDevice(_Strict):
     keepalive: Annotated[Seconds, _duration(0.1, 600)] = 5.0
     # How often points whose node the server does not know are looked up again.
     resolve_retry: Annotated[Seconds, _duration(0.1, 86400)] = 30.0
-    security: OpcUaSecurity = OpcUaSecurity()
+    security: OpcUaSecurity = Field(default_factory=OpcUaSecurity)
     user: OpcUaUser | None = None
     points: Annotated[list[OpcUaPoint], Field(min_length=1)]
 
@@ -776,9 +824,14 @@ class Config(_Strict):
                 )
             return nested
 
+        mqtt = dict(data["mqtt"])
+        if mqtt.get("tls") is not None:
+            mqtt["tls"] = MqttTls.model_construct(
+                **paths(mqtt["tls"], "ca_file", "cert_file", "key_file", "key_password_file")
+            )
         return cls.model_construct(
             agent=AgentSettings.model_construct(**paths(data["agent"], "data_dir")),
-            mqtt=MqttSettings.model_construct(**paths(data["mqtt"], "password_file")),
+            mqtt=MqttSettings.model_construct(**paths(mqtt, "password_file")),
             outbox=OutboxSettings.model_construct(**paths(data.get("outbox", {}), "path")),
             devices=[
                 _DEVICE_CLASSES[device["driver"]].model_construct(

@@ -13,6 +13,7 @@ from bench.bytecode import REPO
 
 __all__ = [
     "cpu_seconds",
+    "io_counters",
     "loadavg",
     "ready_server",
     "status_kib",
@@ -32,6 +33,15 @@ def cpu_seconds(pid: int) -> float:
         fields = stat.read().rsplit(")", 1)[1].split()
     # After "pid (comm)": state is fields[0]; utime and stime are fields 14 and 15 of stat(5).
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def io_counters(pid: int) -> dict[str, int]:
+    """/proc/PID/io of a process (all its threads): `wchar` (bytes passed to write(2) and the
+    like, to files, pipes and terminals alike), `write_bytes` (bytes of page cache the process
+    dirtied, i.e. that go to the block device), `cancelled_write_bytes` (dirty pages dropped
+    before writeback, e.g. by a truncate), `syscw` and the read counters."""
+    with open(f"/proc/{pid}/io", encoding="ascii") as io:
+        return {key: int(value) for key, value in (line.split(": ") for line in io)}
 
 
 def status_kib(pid: int, key: str) -> int:

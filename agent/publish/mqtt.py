@@ -2,7 +2,10 @@
 after the broker's PUBACK for the message that carried them.
 
 paho's callbacks run on paho's network thread; they only put what happened on a queue and wake
-the publisher thread, and they never raise (an exception there silently kills paho's thread).
+the publisher thread, and they never raise (each is wrapped by `guarded()`: an exception there
+would silently kill paho's thread). The publisher thread also opens, watches and reopens the
+connection (`agent.publish.link.Link`: full-jitter backoff, keep-alive watchdog, TLS failures
+and client-id takeovers explained once).
 Everything else, publishing included, happens on the publisher thread, so the mid -> rows map
 is only touched there: an acknowledgement that arrives before `publish()` returns its mid just
 waits in the queue until the map has it.
@@ -14,6 +17,7 @@ import contextlib
 import logging
 import queue
 import sqlite3
+import ssl
 import threading
 import time
 from collections import Counter
@@ -28,6 +32,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from agent.buffer import LiveBuffer, LiveEntry
 from agent.model import now_ms
 from agent.outbox import Outbox, StoredRow
+from agent.publish.link import Link, guarded
 from agent.publish.payload import (
     Packable,
     Topics,
@@ -86,6 +91,7 @@ class MqttPublisher:
         buffer: LiveBuffer,
         session: int,
         password: str | None = None,
+        tls: ssl.SSLContext | None = None,
         on_fatal: Callable[[BaseException], None] | None = None,
     ) -> None:
         self.settings = settings
@@ -96,6 +102,7 @@ class MqttPublisher:
         self.stats = PublisherStats()
         self._client_id = client_id
         self._password = password
+        self._tls = tls
         self._on_fatal = on_fatal
         self._events: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._wake = threading.Event()
@@ -109,15 +116,24 @@ class MqttPublisher:
         self._stop_deadline: float | None = None
         self._thread = threading.Thread(target=self._run, name="mqtt-publisher", daemon=True)
         self._client = self._make_client()
+        # Opens the connection (from this publisher's thread), watches it, reopens it.
+        self.link = Link(
+            self._client,
+            settings,
+            client_id=client_id,
+            on_lost=self._handle_disconnect,
+            on_fatal=on_fatal,
+        )
 
     # -- called from other threads -------------------------------------------------------------
 
     def start(self) -> None:
         """Start connecting (in the background, retried until it succeeds) and publishing."""
+        # Only stores where to connect: the publisher thread opens the connection (Link).
         self._client.connect_async(
             self.settings.host, self.settings.port, keepalive=int(self.settings.keepalive)
         )
-        self._client.loop_start()
+        self._wake.set()
         self._thread.start()
 
     def notify(self) -> None:
@@ -151,12 +167,15 @@ class MqttPublisher:
             CallbackAPIVersion.VERSION2,
             client_id=self._client_id,
             protocol=version,
-            reconnect_on_failure=True,
+            # Link reconnects, with jitter, and sees why a connection attempt failed.
+            reconnect_on_failure=False,
         )
+        # Second line of defence behind guarded(): paho logs a callback's exception instead
+        # of letting it end its network thread.
+        client.suppress_exceptions = True
         client.max_inflight_messages_set(self.settings.max_inflight)
-        client.reconnect_delay_set(
-            int(max(1, self.settings.reconnect_min)), int(self.settings.reconnect_max)
-        )
+        if self._tls is not None:
+            client.tls_set_context(self._tls)
         if self.settings.username:
             client.username_pw_set(self.settings.username, self._password)
         client.will_set(
@@ -165,9 +184,10 @@ class MqttPublisher:
             qos=1,
             retain=True,
         )
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_publish = self._on_publish
+        client.on_connect = guarded("on_connect", self._on_connect)
+        client.on_disconnect = guarded("on_disconnect", self._on_disconnect)
+        client.on_publish = guarded("on_publish", self._on_publish)
+        client.on_log = guarded("on_log", self._on_log)
         return client
 
     def _on_connect(
@@ -179,8 +199,12 @@ class MqttPublisher:
     def _on_disconnect(
         self, _client: Any, _userdata: Any, _flags: Any, reason: ReasonCode, _props: Any
     ) -> None:
+        self.link.note_disconnect()
         self._events.put(lambda: self._handle_disconnect(reason))
         self._wake.set()
+
+    def _on_log(self, _client: Any, _userdata: Any, level: int, text: str) -> None:
+        self.link.note_log(level, text)
 
     def _on_publish(
         self, _client: Any, _userdata: Any, mid: int, reason: ReasonCode, _props: Any
@@ -195,10 +219,11 @@ class MqttPublisher:
         offline_reason = "shutdown"
         try:
             while True:
-                self._wake.wait(0.5)
+                self._wake.wait(self.link.due_in(0.5))
                 self._wake.clear()
                 try:
                     self._drain_events()
+                    self.link.tend(stopping=self._stop_deadline is not None)
                     if self._stop_deadline is not None and self._finished():
                         break
                     if self._connected:
@@ -258,7 +283,9 @@ class MqttPublisher:
         self._connected = True
         self.stats.connected = True
         self.stats.connects += 1
-        log.info(
+        self.link.up()
+        log.log(
+            logging.DEBUG if self.link.quiet else logging.INFO,
             "Connected to the MQTT broker %s:%d as %s (%s).",
             self.settings.host,
             self.settings.port,
@@ -269,12 +296,14 @@ class MqttPublisher:
             self.topics.status, self._status_payload("online", None), qos=1, retain=True
         )
 
-    def _handle_disconnect(self, reason: ReasonCode) -> None:
+    def _handle_disconnect(self, reason: ReasonCode | str) -> None:
+        log_it = self.link.down(reason, was_up=self._connected)
         if not self._connected:
             return
         self._connected = False
         self.stats.connected = False
-        log.warning(
+        log.log(
+            logging.WARNING if log_it else logging.DEBUG,
             "Lost the connection to the MQTT broker %s:%d (%s); %d messages in flight will be "
             "sent again and new samples wait in the outbox.",
             self.settings.host,

@@ -9,9 +9,11 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["BrokerNotFound", "LocalBroker", "free_port"]
+__all__ = ["BrokerNotFound", "LocalBroker", "TlsListener", "free_port", "write_password_file"]
 
 
 class BrokerNotFound(RuntimeError):
@@ -26,13 +28,54 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
-def _mosquitto() -> str:
-    found = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/sbin")
+def _mosquitto(program: str = "mosquitto") -> str:
+    found = shutil.which(program) or shutil.which(program, path="/usr/sbin:/sbin")
     if not found:
         raise BrokerNotFound(
-            "mosquitto is not installed; on Debian or Ubuntu: sudo apt-get install mosquitto"
+            f"{program} is not installed; on Debian or Ubuntu: sudo apt-get install mosquitto"
         )
     return found
+
+
+def write_password_file(path: Path, users: Mapping[str, str]) -> Path:
+    """A Mosquitto password file (hashed by `mosquitto_passwd`) for these users."""
+    path.unlink(missing_ok=True)
+    for index, (user, password) in enumerate(users.items()):
+        create = ["-c"] if index == 0 else []
+        subprocess.run(
+            [_mosquitto("mosquitto_passwd"), *create, "-b", str(path), user, password],
+            check=True,
+            capture_output=True,
+        )
+    return path
+
+
+@dataclass(frozen=True)
+class TlsListener:
+    """A second listener of `LocalBroker` that speaks MQTT over TLS (PEM files)."""
+
+    certfile: Path  # the broker's certificate
+    keyfile: Path
+    cafile: Path  # the CA that client certificates must be signed by
+    require_certificate: bool = False  # mutual TLS
+    use_identity_as_username: bool = False  # the client certificate's CN is the user name
+    password_file: Path | None = None  # clients must log in (see write_password_file)
+
+    def config_lines(self, port: int) -> list[str]:
+        lines = [
+            f"listener {port} 127.0.0.1",
+            f"certfile {self.certfile}",
+            f"keyfile {self.keyfile}",
+            f"cafile {self.cafile}",
+            f"require_certificate {str(self.require_certificate).lower()}",
+        ]
+        if self.use_identity_as_username:
+            lines.append("use_identity_as_username true")
+        if self.password_file is not None:
+            lines += ["allow_anonymous false", f"password_file {self.password_file}"]
+        else:
+            lines.append("allow_anonymous true")
+        return lines
 
 
 class LocalBroker:
@@ -40,18 +83,29 @@ class LocalBroker:
 
     `stop()`/`start()` restart it on the same port (with `persistent=True` it keeps sessions
     and queued messages); `pause()`/`resume()` freeze it with SIGSTOP/SIGCONT to make a
-    half-open connection.
+    half-open connection. With `tls`, it also serves MQTT over TLS on `tls_port` (the plain
+    listener on `port` stays open to anyone, for test subscribers); `log_connections` logs
+    every connection attempt (see `log()`).
     """
 
     def __init__(
-        self, port: int | None = None, *, persistent: bool = False, extra_config: str = ""
+        self,
+        port: int | None = None,
+        *,
+        persistent: bool = False,
+        extra_config: str = "",
+        tls: TlsListener | None = None,
+        log_connections: bool = False,
     ) -> None:
         self.port = port or free_port()
         self.host = "127.0.0.1"
+        self.tls_port = free_port() if tls is not None else None
         self._dir = Path(tempfile.mkdtemp(prefix="shopfloor-broker-"))
         self._config = self._dir / "mosquitto.conf"
         self._log = self._dir / "mosquitto.log"
         lines = [
+            # Each listener has its own login settings (the TLS one may require a password).
+            *(["per_listener_settings true"] if tls is not None else []),
             f"listener {self.port} 127.0.0.1",
             "allow_anonymous true",
             # With persistence, sessions and queued QoS 1 messages survive a restart.
@@ -61,7 +115,10 @@ class LocalBroker:
             "log_type error",
             "log_type warning",
             "max_inflight_messages 100",
+            *(["log_type notice", "log_type information"] if log_connections else []),
         ]
+        if tls is not None and self.tls_port is not None:
+            lines += tls.config_lines(self.tls_port)
         if os.geteuid() == 0:
             lines.append("user root")  # otherwise it drops to 'mosquitto' and cannot read _dir
         self._config.write_text("\n".join(lines) + "\n" + extra_config)
@@ -98,6 +155,11 @@ class LocalBroker:
             self._process.kill()
             self._process.wait()
         self._process = None
+
+    def log(self) -> str:
+        """What the broker logged so far (errors and warnings; connections with
+        `log_connections`)."""
+        return self._log.read_text(errors="replace") if self._log.exists() else ""
 
     def pause(self) -> None:
         """Freeze the broker: connections stay open but nothing is answered."""

@@ -183,7 +183,20 @@ def test_status_and_health(broker, modbus, subscriber_factory, agent_factory, tm
     status = subscriber.statuses()[0]
     assert status["state"] == "online"
     health = healths()[-1]
-    assert set(health["outbox"]) == {"rows", "records", "oldest_age_s", "in_memory_rows"}
+    assert set(health["outbox"]) == {
+        "rows",
+        "records",
+        "oldest_age_s",
+        "in_memory_rows",
+        "bytes",
+        "cap_bytes",
+        "free_disk_bytes",
+        "dropping",
+        "dropped",
+        "drop_episodes",
+    }
+    assert health["outbox"]["dropped"] == {"metrics": 0, "events": 0}
+    assert 0 < health["outbox"]["bytes"] <= health["outbox"]["cap_bytes"] == 2**30
     assert {"messages_sent", "messages_failed", "connected"} <= set(health["mqtt"])
     assert 0 < health["process"]["rss_mib"] < 200
     assert agent.stop() == 0
