@@ -255,6 +255,7 @@ class Agent:
                 "dropping": bounds.dropping,
                 "dropped": dict(bounds.dropped),
                 "drop_episodes": bounds.episodes,
+                "dead_letters": sum(self.outbox.dead_letters().values()),
                 "in_memory_rows": len(self.buffer),
                 "oldest_age_s": None
                 if outbox.oldest_ts is None
@@ -273,6 +274,7 @@ class Agent:
                 "messages_failed": publisher.messages_failed,
                 "failures": dict(publisher.failures),
                 "in_flight": publisher.in_flight,
+                "dead_letter_records": publisher.dead_letter_records,
             },
             "devices": devices,
             "process": {

@@ -204,6 +204,32 @@ class LiveBuffer:
         if to_delete:
             self.outbox.delete(to_delete)
 
+    def forget(self, entries: Sequence[LiveEntry]) -> tuple[list[int], list[PendingRow]]:
+        """The broker will never take these (they go to the dead-letter table): forget them
+        without counting them delivered. Returns the ids of those already committed and the
+        rows of those that are not; entries being committed right now are offered again
+        instead (`rejected`), to be forgotten once committed."""
+        committed: list[int] = []
+        uncommitted: list[PendingRow] = []
+        busy = []
+        with self._lock:
+            for entry in entries:
+                key = self._key_of(entry)
+                if key is None:
+                    continue
+                if entry.committing:
+                    busy.append(entry)
+                    continue
+                del self._entries[key]
+                if entry.row_id is not None:
+                    self._committed_live_ids.discard(entry.row_id)
+                    committed.append(entry.row_id)
+                else:
+                    uncommitted.append(entry.row)
+        if busy:
+            committed += self.rejected(busy)
+        return committed, uncommitted
+
     def rejected(self, entries: Sequence[LiveEntry]) -> list[int]:
         """The broker refused these: back to pending, or to the backlog if already committed.
 

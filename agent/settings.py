@@ -256,6 +256,10 @@ class MqttSettings(_Strict):
     health_interval: Annotated[Seconds, _duration(1, 3600)] = 30.0
     reconnect_min: Annotated[Seconds, _duration(0.1, 60)] = 1.0
     reconnect_max: Annotated[Seconds, _duration(1, 3600)] = 60.0
+    # The backlog (records that waited in the outbox) drains behind live data at most this
+    # fast, so that it does not saturate the uplink; 0: no limit.
+    backlog_messages_per_s: Annotated[float, Field(ge=0, le=100_000)] = 100.0
+    backlog_bytes_per_s: Annotated[Bytes, _size(0, 2**40)] = 4 * 2**20
     tls: MqttTls | None = None
 
     @model_validator(mode="before")

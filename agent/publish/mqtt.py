@@ -54,6 +54,12 @@ PackableT = TypeVar("PackableT", bound=Packable)
 _LEASE_ROWS_PER_SLOT = 2
 # After the broker rejects a message, wait this long before offering its rows again.
 _REJECT_BACKOFF_S = 5.0
+# PUBACK reasons that sending again cannot fix: the records go to the dead-letter table.
+_NEVER_ACCEPTED = {
+    0x87: "not authorized",
+    0x90: "topic name invalid",
+    0x99: "payload format invalid",
+}
 # While the outbox file cannot be read or updated, try again this often.
 _DISK_RETRY_S = 2.0
 
@@ -69,6 +75,7 @@ class PublisherStats:
     failures: Counter[str] = field(default_factory=Counter)
     connects: int = 0
     in_flight: int = 0
+    dead_letter_records: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +119,10 @@ class MqttPublisher:
         self._seq = 0
         self._connected = False
         self._hold_until = 0.0
+        self._bucket_at = time.monotonic()
+        self._buried_reasons: set[str] = set()  # logged once each
+        self._message_tokens = settings.backlog_messages_per_s
+        self._byte_tokens = float(settings.backlog_bytes_per_s)
         self._health: dict[str, Any] | None = None
         self._stop_deadline: float | None = None
         self._thread = threading.Thread(target=self._run, name="mqtt-publisher", daemon=True)
@@ -321,6 +332,9 @@ class MqttPublisher:
         if reason.is_failure:
             self.stats.messages_failed += 1
             self.stats.failures[str(reason)] += 1
+            if reason.value in _NEVER_ACCEPTED:
+                self._bury(flight, _NEVER_ACCEPTED[reason.value])
+                return
             if self.stats.failures[str(reason)] == 1:
                 log.error(
                     "The broker rejected a message (%s); its %d records stay in the outbox and "
@@ -338,6 +352,46 @@ class MqttPublisher:
             self.buffer.acknowledged(flight.entries)
         if flight.row_ids:
             self.outbox.delete(flight.row_ids)
+
+    def _bury(self, flight: _InFlight, reason: str) -> None:
+        """Move a message's records to the dead-letter table; the rest keeps flowing."""
+        committed, uncommitted = self.buffer.forget(flight.entries)
+        if uncommitted:
+            committed += self.outbox.append(uncommitted)
+        buried = self.outbox.bury([*flight.row_ids, *committed], reason, now_ms())
+        first = reason not in self._buried_reasons
+        self._buried_reasons.add(reason)
+        self.stats.dead_letter_records += buried
+        if first:
+            log.error(
+                "The broker refuses messages on %s (%s): their records go to the dead-letter "
+                "table of the outbox (`shopfloor outbox CONFIG stats` shows them; fix the "
+                "broker's ACL or the topic, then `shopfloor outbox CONFIG replay-dead`).",
+                self.topics.root,
+                reason,
+            )
+
+    def _backlog_allows(self, size: int) -> bool:
+        """The drain-rate limit: a token bucket of one second's worth of messages and bytes."""
+        messages_rate = self.settings.backlog_messages_per_s
+        bytes_rate = self.settings.backlog_bytes_per_s
+        if not messages_rate and not bytes_rate:
+            return True
+        now = time.monotonic()
+        elapsed, self._bucket_at = now - self._bucket_at, now
+        if messages_rate:
+            self._message_tokens = min(
+                messages_rate, self._message_tokens + elapsed * messages_rate
+            )
+        if bytes_rate:
+            self._byte_tokens = min(bytes_rate, self._byte_tokens + elapsed * bytes_rate)
+        if (messages_rate and self._message_tokens < 1) or (
+            bytes_rate and self._byte_tokens < min(size, bytes_rate)
+        ):
+            return False
+        self._message_tokens -= 1
+        self._byte_tokens -= size
+        return True
 
     def _lease_again(self, row_ids: Sequence[int]) -> None:
         """Move the backlog cursor back so these rows are leased and sent again."""
@@ -371,8 +425,10 @@ class MqttPublisher:
                 return
             backlog = self._pack(rows)
             for index, (kind, group) in enumerate(backlog):
-                if len(self._in_flight) >= self.settings.max_inflight:
-                    # Window full: lease the rest again later (published rows are skipped then).
+                full = len(self._in_flight) >= self.settings.max_inflight
+                if full or not self._backlog_allows(sum(utf8_size(r.body) for r in group)):
+                    # Window full or the drain rate reached: lease the rest again later
+                    # (published rows are skipped then).
                     first_unsent = min(row.id for _, rest in backlog[index:] for row in rest)
                     self._cursor = max(self._cursor, first_unsent - 1)
                     return
@@ -400,7 +456,10 @@ class MqttPublisher:
 
     def _publish(self, kind: str, items: Sequence[Packable]) -> bool:
         self._seq += 1
-        payload = message_payload(self.topics.agent_id, self.session, self._seq, kind, items)
+        historical = all(isinstance(item, StoredRow) for item in items)
+        payload = message_payload(
+            self.topics.agent_id, self.session, self._seq, kind, items, historical=historical
+        )
         info = self._client.publish(
             self.topics.for_item(items[0]), payload, qos=self.settings.qos, retain=False
         )

@@ -77,14 +77,24 @@ def max_message_body(max_payload_bytes: int) -> int:
 
 
 def message_payload(
-    agent_id: str, session: int, seq: int, kind: str, rows: Sequence[Packable]
+    agent_id: str,
+    session: int,
+    seq: int,
+    kind: str,
+    rows: Sequence[Packable],
+    *,
+    historical: bool = False,
 ) -> bytes:
     """One message carrying the records of several outbox rows of one topic.
 
     Rows already hold JSON arrays, so their contents are joined as text, not re-encoded.
-    The key is `samples` for metrics and `events` for events.
+    The key is `samples` for metrics and `events` for events. `historical` marks records that
+    waited in the outbox (an outage's backlog), so the platform can tell them from live data.
     """
     key = "samples" if kind == "metrics" else "events"
     records = ",".join(row.body[1:-1] for row in rows if len(row.body) > 2)
-    head = dumps({"agent": agent_id, "session": session, "seq": seq})
+    envelope: dict[str, object] = {"agent": agent_id, "session": session, "seq": seq}
+    if historical:
+        envelope["historical"] = True
+    head = dumps(envelope)
     return f'{head[:-1]},"{key}":[{records}]}}'.encode()

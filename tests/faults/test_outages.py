@@ -97,6 +97,9 @@ def test_broker_down_10s_at_10hz_loses_nothing(
     duplicates = sum(count - 1 for count in seqs.values())
     assert duplicates <= MAX_INFLIGHT
     assert "Lost the connection to the MQTT broker" in agent.log()
+    # The outage's backlog is marked historical; live data is not.
+    assert any(m.get("historical") for m in messages)
+    assert not all(m.get("historical") for m in messages)
 
 
 def _all_arrived(subscriber: Subscriber, tmp_path: Path) -> bool:

@@ -194,6 +194,7 @@ def test_status_and_health(broker, modbus, subscriber_factory, agent_factory, tm
         "dropping",
         "dropped",
         "drop_episodes",
+        "dead_letters",
     }
     assert health["outbox"]["dropped"] == {"metrics": 0, "events": 0}
     assert 0 < health["outbox"]["bytes"] <= health["outbox"]["cap_bytes"] == 2**30

@@ -49,3 +49,36 @@ def test_rows_are_packed_per_topic_under_the_cap(tmp_path: Path):
     assert len(messages) == 4
     assert [group[0].id for _, group in messages] == sorted(group[0].id for _, group in messages)
     assert max_message_body(1024) < 1024
+
+
+def test_the_backlog_drains_within_its_rate(tmp_path: Path, monkeypatch):
+    """A token bucket of one second's worth: 10 messages/s and 4 KiB/s here."""
+    clock = [1000.0]
+    monkeypatch.setattr("agent.publish.mqtt.time.monotonic", lambda: clock[0])
+    settings = MqttSettings(host="127.0.0.1", backlog_messages_per_s=10, backlog_bytes_per_s="4KiB")
+    outbox = Outbox(tmp_path / "outbox.db")
+    publisher = MqttPublisher(
+        settings,
+        client_id="gw",
+        topics=Topics("test", "gw"),
+        outbox=outbox,
+        buffer=LiveBuffer(outbox),
+        session=1,
+    )
+    assert [publisher._backlog_allows(100) for _ in range(11)] == [True] * 10 + [False]
+    clock[0] += 0.5
+    assert [publisher._backlog_allows(100) for _ in range(6)] == [True] * 5 + [False]
+    clock[0] += 1.0
+    assert publisher._backlog_allows(3000) is True
+    assert publisher._backlog_allows(3000) is False, "bytes run out before messages"
+    unlimited = MqttSettings(host="127.0.0.1", backlog_messages_per_s=0, backlog_bytes_per_s=0)
+    publisher.settings = unlimited
+    assert all(publisher._backlog_allows(10**9) for _ in range(1000))
+
+
+def test_backlog_messages_are_marked_historical():
+    row = StoredRow(1, "metrics", "plc", 1, 0, '[{"p":"x","v":1,"q":"good","ts":0}]')
+    live = json.loads(message_payload("gw", 1, 7, "metrics", [row]))
+    old = json.loads(message_payload("gw", 1, 8, "metrics", [row], historical=True))
+    assert "historical" not in live
+    assert old["historical"] is True and old["samples"] == live["samples"]
