@@ -111,6 +111,15 @@ def _parse_with_positions(text: str, file: str) -> Any:
         raise ConfigError([_yaml_problem(file, exc)]) from None
     except YAMLError as exc:
         raise ConfigError([ConfigProblem(file, 1, 1, "(yaml)", str(exc))]) from None
+    except ValueError:
+        # Python refuses to convert integers of more than 4,300 digits (a denial-of-service
+        # guard); no configuration value comes near.
+        found = re.search(r"\d{4300,}", text)
+        line = text.count("\n", 0, found.start()) + 1 if found else 1
+        column = found.start() - text.rfind("\n", 0, found.start()) if found else 1
+        raise ConfigError(
+            [ConfigProblem(file, line, column, "(yaml)", "a number with thousands of digits")]
+        ) from None
 
 
 def _parse_fast(text: str, file: str) -> Any:
@@ -126,7 +135,7 @@ def _parse_fast(text: str, file: str) -> Any:
     yaml.allow_duplicate_keys = False
     try:
         return yaml.load(text)
-    except YAMLError:
+    except (YAMLError, ValueError):
         return _plain(_parse_with_positions(text, file))
 
 
@@ -242,16 +251,30 @@ def _load_config(path: Path) -> Config:
 _MAX_DEPTH = 32
 
 
+# A configuration of 10,000 points has about 100,000 values. YAML aliases can make a small file
+# expand to billions (an "alias bomb"), which would keep every later step busy for hours.
+_MAX_VALUES = 2_000_000
+
+
 def _check_depth(document: dict[str, Any], text: str, file: str) -> None:
+    values = 0
     for key, value in document.items():
         stack = [(value, 1)]
         while stack:
             node, depth = stack.pop()
+            values += 1
+            problem = None
             if depth > _MAX_DEPTH:
-                found = re.search(rf"^{re.escape(key)}\s*:", text, re.MULTILINE)
+                problem = f"nests lists or mappings more than {_MAX_DEPTH} levels deep"
+            elif values > _MAX_VALUES:
+                problem = (
+                    f"expands to more than {_MAX_VALUES:,} values (YAML aliases repeated "
+                    "within each other?)"
+                )
+            if problem is not None:
+                found = re.search(rf"^{re.escape(str(key))}\s*:", text, re.MULTILINE)
                 line = text.count("\n", 0, found.start()) + 1 if found else 1
-                message = f"nests lists or mappings more than {_MAX_DEPTH} levels deep"
-                raise ConfigError([ConfigProblem(file, line, 1, key, message)])
+                raise ConfigError([ConfigProblem(file, line, 1, str(key), problem)])
             if isinstance(node, dict):
                 stack.extend((child, depth + 1) for child in node.values())
             elif isinstance(node, list):
