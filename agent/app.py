@@ -275,6 +275,9 @@ class Agent:
                 "failures": dict(publisher.failures),
                 "in_flight": publisher.in_flight,
                 "dead_letter_records": publisher.dead_letter_records,
+                "connect_attempts": self.publisher.link.attempts,
+                "half_open_detected": self.publisher.link.half_open_detected,
+                "takeovers": self.publisher.link.takeovers,
             },
             "devices": devices,
             "process": {
