@@ -86,11 +86,39 @@ class OutboxStats:
     accepted_records: int
 
 
+DropClass = Literal["metrics", "events", "dead_letters"]
+_DROP_CLASSES: tuple[DropClass, ...] = ("metrics", "events", "dead_letters")
+# The queries per class, written out: table names cannot be query parameters.
+_OLDEST = {
+    "metrics": "SELECT id, n, first_ts, length(body) FROM outbox WHERE kind = ? AND id > ? "
+    "ORDER BY id LIMIT 500",
+    "events": "SELECT id, n, first_ts, length(body) FROM outbox WHERE kind = ? AND id > ? "
+    "ORDER BY id LIMIT 500",
+    "dead_letters": "SELECT id, n, first_ts, length(body) FROM dead_letter WHERE id > ? "
+    "ORDER BY id LIMIT 500",
+}
+_EXPIRED = {
+    "metrics": "SELECT id, n, first_ts FROM outbox WHERE kind = ? AND first_ts < ? ORDER BY id",
+    "events": "SELECT id, n, first_ts FROM outbox WHERE kind = ? AND first_ts < ? ORDER BY id",
+    "dead_letters": "SELECT id, n, first_ts FROM dead_letter WHERE first_ts < ? ORDER BY id",
+}
+_DELETE = {
+    "metrics": "DELETE FROM outbox WHERE id = ?",
+    "events": "DELETE FROM outbox WHERE id = ?",
+    "dead_letters": "DELETE FROM dead_letter WHERE id = ?",
+}
+_KIND_ARG: dict[DropClass, tuple[str, ...]] = {
+    "metrics": ("metrics",),
+    "events": ("events",),
+    "dead_letters": (),
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Dropped:
-    """Rows of one kind deleted unsent to keep the outbox within its bounds."""
+    """Rows of one class deleted unsent to keep the outbox within its bounds."""
 
-    kind: RowKind
+    kind: DropClass
     rows: int
     records: int
     first_ts: int  # the first sample time of the oldest row dropped
@@ -104,6 +132,7 @@ class Outbox:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.Lock()
+        self._leased: set[int] = set()  # the publisher's last lease
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
@@ -161,14 +190,18 @@ class Outbox:
         return ids
 
     def lease(self, after_id: int, limit: int) -> list[StoredRow]:
-        """The oldest rows with an id above `after_id`."""
+        """The oldest rows with an id above `after_id`. They are not dropped (to keep the
+        outbox in bounds) until the next lease: by then the publisher has sent them, and they
+        are in flight, or has not, and will lease them again."""
         with self._lock:
             cursor = self._db.execute(
                 "SELECT id, kind, topic, n, first_ts, body FROM outbox "
                 "WHERE id > ? ORDER BY id LIMIT ?",
                 (after_id, limit),
             )
-            return [StoredRow(*row) for row in cursor.fetchall()]
+            rows = [StoredRow(*row) for row in cursor.fetchall()]
+            self._leased = {row.id for row in rows}
+            return rows
 
     def delete(self, ids: Iterable[int]) -> None:
         """Forget rows whose messages the broker acknowledged."""
@@ -196,27 +229,33 @@ class Outbox:
             size = self._db.execute("PRAGMA page_size").fetchone()[0]
         return int((pages - free) * size)
 
+    def file_bytes(self) -> int:
+        """The file's size in pages, free ones included (deleting rows does not change it)."""
+        with self._lock:
+            pages = self._db.execute("PRAGMA page_count").fetchone()[0]
+            size = self._db.execute("PRAGMA page_size").fetchone()[0]
+        return int(pages * size)
+
     def drop_oldest(
-        self, kind: RowKind, target_bytes: int, keep: Callable[[], set[int]]
+        self, kind: DropClass, target_bytes: int, keep: Callable[[], set[int]]
     ) -> Dropped | None:
-        """Delete the oldest rows of `kind` until the used pages fit in `target_bytes` (or
-        none of that kind is left); rows whose ids `keep()` returns (being sent right now)
-        are left alone. Counted in the meta table as `dropped_<kind>`."""
+        """Delete the oldest rows of a class (metrics, events, or dead letters) until the used
+        pages fit in `target_bytes` or none of that class is left. Rows being sent right now
+        (`keep()`, asked inside each transaction, and the rows of the last lease) are left
+        alone. Counted in the meta table as `dropped_<class>`."""
         deleted: list[tuple[int, int, int]] = []  # (id, records, first_ts), oldest first
-        for _ in range(10_000):  # a bound, should pages refuse to free
+        after = 0
+        for _ in range(100_000):  # a bound, should pages refuse to free
             excess = self.used_bytes() - target_bytes
             if excess <= 0:
                 break
-            kept = keep()
             with self._transaction():
-                candidates = self._db.execute(
-                    "SELECT id, n, first_ts, length(body) FROM outbox WHERE kind = ? "
-                    "ORDER BY id LIMIT 500",
-                    (kind,),
-                ).fetchall()
+                kept = keep() | self._leased
+                candidates = self._db.execute(_OLDEST[kind], (*_KIND_ARG[kind], after)).fetchall()
                 chosen = []
                 freed = 0
                 for row_id, n, ts, size in candidates:
+                    after = row_id
                     if row_id in kept:
                         continue
                     chosen.append((row_id, n, ts))
@@ -224,23 +263,22 @@ class Outbox:
                     if freed >= excess:
                         break
                 self._delete_dropped(kind, chosen)
-            if not chosen:
+            if not candidates:
                 break
             deleted += chosen
         return _dropped(kind, deleted)
 
     def drop_expired(self, older_than_ts: int, keep: Callable[[], set[int]]) -> list[Dropped]:
-        """Delete the rows whose first sample is older than `older_than_ts` (epoch ms)."""
-        kept = keep()
+        """Delete the rows (and dead letters) whose first sample is older than
+        `older_than_ts` (epoch ms)."""
         drops = []
         with self._transaction():
-            for kind in ("metrics", "events"):
+            kept = keep() | self._leased
+            for kind in _DROP_CLASSES:
                 rows = [
                     (row_id, n, ts)
                     for row_id, n, ts in self._db.execute(
-                        "SELECT id, n, first_ts FROM outbox WHERE kind = ? AND first_ts < ? "
-                        "ORDER BY id",
-                        (kind, older_than_ts),
+                        _EXPIRED[kind], (*_KIND_ARG[kind], older_than_ts)
                     ).fetchall()
                     if row_id not in kept
                 ]
@@ -250,10 +288,10 @@ class Outbox:
                     drops.append(dropped)
         return drops
 
-    def _delete_dropped(self, kind: str, rows: Sequence[tuple[int, int, int]]) -> None:
+    def _delete_dropped(self, kind: DropClass, rows: Sequence[tuple[int, int, int]]) -> None:
         """Inside a transaction: delete rows (id, records, ts) and count their records."""
         if rows:
-            self._db.executemany("DELETE FROM outbox WHERE id = ?", [(r[0],) for r in rows])
+            self._db.executemany(_DELETE[kind], [(r[0],) for r in rows])
             self._add_meta(f"dropped_{kind}", sum(r[1] for r in rows))
 
     def bury(self, ids: Sequence[int], reason: str, failed_at: int) -> int:
@@ -302,7 +340,7 @@ class Outbox:
     def dropped_records(self) -> dict[str, int]:
         """Records deleted unsent to keep the outbox in bounds, by kind, since it was made."""
         with self._lock:
-            return {kind: self._meta(f"dropped_{kind}") for kind in ("metrics", "events")}
+            return {kind: self._meta(f"dropped_{kind}") for kind in _DROP_CLASSES}
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -366,7 +404,8 @@ class Outbox:
         return (report, int(row[1])) if isinstance(report, dict) else None
 
 
-def _dropped(kind: RowKind, rows: Sequence[tuple[int, int, int]]) -> Dropped | None:
+def _dropped(kind: DropClass, rows: Sequence[tuple[int, int, int]]) -> Dropped | None:
     if not rows:
         return None
-    return Dropped(kind, len(rows), sum(r[1] for r in rows), rows[0][2], rows[-1][2])
+    times = [r[2] for r in rows]
+    return Dropped(kind, len(rows), sum(r[1] for r in rows), min(times), max(times))

@@ -249,6 +249,7 @@ class OutboxWriter:
         self.max_body = max_body
         self.retention = retention
         self._failing = False
+        self._bounds_failing = False
 
     async def run(self) -> None:
         """Take batches and commit until cancelled (then `flush()` commits what is left)."""
@@ -259,7 +260,9 @@ class OutboxWriter:
         next_retention = time.monotonic()  # first at startup: a long stop may have expired rows
         while True:
             if self.retention is not None and time.monotonic() >= next_retention:
-                await asyncio.shield(asyncio.to_thread(self._enforce_bounds))
+                events = await asyncio.shield(asyncio.to_thread(self._enforce_bounds))
+                if events:
+                    self.handoff.put(Batch("events", "outbox_overflow", events))
                 next_retention = time.monotonic() + _RETENTION_EVERY_S
             timeout = next_commit - time.monotonic()
             if timeout > 0 and len(self.buffer) < _MAX_LIVE_ROWS:
@@ -302,17 +305,26 @@ class OutboxWriter:
             self.buffer.add(rows)
             self.on_new()
 
-    def _enforce_bounds(self) -> None:
+    def _enforce_bounds(self) -> list[Event]:
+        """In a worker thread: the events about what was dropped (put on the handoff by the
+        caller, on the event loop's thread)."""
         assert self.retention is not None
         try:
             events = self.retention.check()
-        except (sqlite3.Error, OSError) as exc:
-            if not self._failing:
-                self._failing = True
-                log.error("Cannot check the outbox's bounds (%s); trying again.", exc)
-            return
-        if events:
-            self.handoff.put(Batch("events", "outbox_overflow", list(events)))
+        except Exception as exc:  # noqa: BLE001 (bounds checks must never stop the data path)
+            if not self._bounds_failing:
+                self._bounds_failing = True
+                log.error(
+                    "Cannot check the outbox's bounds (%s); it may grow beyond them until this "
+                    "works again. Trying again every %.0f s.",
+                    exc,
+                    _RETENTION_EVERY_S,
+                )
+            return []
+        if self._bounds_failing:
+            self._bounds_failing = False
+            log.warning("The outbox's bounds are checked again.")
+        return list(events)
 
     def _commit(self, older_than: float, count_delivered: bool = False) -> None:
         try:

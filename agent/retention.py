@@ -38,7 +38,9 @@ class RetentionReport:
     free_disk_bytes: int | None = None
     dropping: bool = False
     episodes: int = 0
-    dropped: dict[str, int] = field(default_factory=lambda: {"metrics": 0, "events": 0})
+    dropped: dict[str, int] = field(
+        default_factory=lambda: {"metrics": 0, "events": 0, "dead_letters": 0}
+    )
 
 
 class Retention:
@@ -64,9 +66,11 @@ class Retention:
         free = _free_disk(self.outbox)
         cap = self.settings.max_bytes
         cap_reason = f"beyond the outbox cap of {_mib(cap)}"
-        if free is not None and free < self.settings.min_free_disk:
-            # Deleted rows free pages that new rows reuse: shrinking stops the file growing.
-            room = used - (self.settings.min_free_disk - free)
+        if free is not None:
+            # Used pages may fill the file and then the disk down to the reserve. Measured
+            # against the file's size, which deleting rows does not change (freed pages are
+            # reused), so a disk short of its reserve does not make every check drop more.
+            room = self.outbox.file_bytes() + free - self.settings.min_free_disk
             if room < cap:
                 cap = max(room, 0)
                 cap_reason = (
@@ -76,7 +80,8 @@ class Retention:
         self.report.used_bytes, self.report.free_disk_bytes = used, free
         if used > cap:
             target = int(cap * (1 - _HEADROOM))
-            for kind in ("metrics", "events"):
+            # Metrics first, then dead letters (already given up on), events last.
+            for kind in ("metrics", "dead_letters", "events"):
                 dropped = self.outbox.drop_oldest(kind, target, self.keep)
                 if dropped is not None:
                     drops.append((dropped, cap_reason))

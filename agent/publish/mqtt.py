@@ -357,7 +357,11 @@ class MqttPublisher:
         """Move a message's records to the dead-letter table; the rest keeps flowing."""
         committed, uncommitted = self.buffer.forget(flight.entries)
         if uncommitted:
-            committed += self.outbox.append(uncommitted)
+            try:
+                committed += self.outbox.append(uncommitted)
+            except sqlite3.Error:
+                self.buffer.add(uncommitted)  # offered again, buried when the disk works
+                raise
         buried = self.outbox.bury([*flight.row_ids, *committed], reason, now_ms())
         first = reason not in self._buried_reasons
         self._buried_reasons.add(reason)
@@ -380,8 +384,9 @@ class MqttPublisher:
         now = time.monotonic()
         elapsed, self._bucket_at = now - self._bucket_at, now
         if messages_rate:
+            # At least one message's worth, or a rate below 1/s would never send.
             self._message_tokens = min(
-                messages_rate, self._message_tokens + elapsed * messages_rate
+                max(messages_rate, 1.0), self._message_tokens + elapsed * messages_rate
             )
         if bytes_rate:
             self._byte_tokens = min(bytes_rate, self._byte_tokens + elapsed * bytes_rate)
@@ -424,8 +429,11 @@ class MqttPublisher:
             if not rows:
                 return
             backlog = self._pack(rows)
+            # A quarter of the window stays free for live data while a backlog drains, so
+            # new samples never wait behind an outage's worth of old ones.
+            backlog_window = self.settings.max_inflight - max(1, self.settings.max_inflight // 4)
             for index, (kind, group) in enumerate(backlog):
-                full = len(self._in_flight) >= self.settings.max_inflight
+                full = len(self._in_flight) >= max(backlog_window, 1)
                 if full or not self._backlog_allows(sum(utf8_size(r.body) for r in group)):
                     # Window full or the drain rate reached: lease the rest again later
                     # (published rows are skipped then).

@@ -71,6 +71,9 @@ def test_the_backlog_drains_within_its_rate(tmp_path: Path, monkeypatch):
     clock[0] += 1.0
     assert publisher._backlog_allows(3000) is True
     assert publisher._backlog_allows(3000) is False, "bytes run out before messages"
+    publisher.settings = MqttSettings(host="127.0.0.1", backlog_messages_per_s=0.5)
+    clock[0] += 2.0
+    assert publisher._backlog_allows(100) is True, "a rate below 1/s still sends"
     unlimited = MqttSettings(host="127.0.0.1", backlog_messages_per_s=0, backlog_bytes_per_s=0)
     publisher.settings = unlimited
     assert all(publisher._backlog_allows(10**9) for _ in range(1000))
