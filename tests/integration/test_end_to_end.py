@@ -196,7 +196,7 @@ def test_status_and_health(broker, modbus, subscriber_factory, agent_factory, tm
         "drop_episodes",
         "dead_letters",
     }
-    assert health["outbox"]["dropped"] == {"metrics": 0, "events": 0}
+    assert health["outbox"]["dropped"] == {"metrics": 0, "events": 0, "dead_letters": 0}
     assert 0 < health["outbox"]["bytes"] <= health["outbox"]["cap_bytes"] == 2**30
     assert {"messages_sent", "messages_failed", "connected"} <= set(health["mqtt"])
     assert 0 < health["process"]["rss_mib"] < 200
