@@ -96,6 +96,26 @@ def read_speed(settings: OpcUaDevice, pki: Pki) -> Any:
     return asyncio.run(main())
 
 
+def agent_config(
+    tmp_path: Path, server: SimulatedOpcUaServer, password_file: Path, security: dict[str, str]
+) -> Path:
+    """A configuration whose one device logs in to the secure server as operator."""
+    return write_config(
+        tmp_path,
+        broker_port=1883,
+        devices=[
+            {
+                "name": "filler",
+                "driver": "opcua",
+                "endpoint": server.endpoint,
+                "security": security,
+                "user": {"username": "operator", "password_file": str(password_file)},
+                "points": [{"id": "speed", "node": SPEED}],
+            }
+        ],
+    )
+
+
 def trusting(server: SimulatedOpcUaServer, tmp_path: Path) -> Pki:
     pki = Pki(tmp_path / "pki")
     pki.trust(server.certificate.read_bytes())
@@ -179,20 +199,7 @@ def test_an_untrusted_server_is_refused_until_trusted(
     secure_server: SimulatedOpcUaServer, tmp_path: Path, password_file: Path
 ):
     pki = Pki(tmp_path / "data" / "pki")
-    config = write_config(
-        tmp_path,
-        broker_port=1883,
-        devices=[
-            {
-                "name": "filler",
-                "driver": "opcua",
-                "endpoint": secure_server.endpoint,
-                "security": {"mode": "SignAndEncrypt"},
-                "user": {"username": "operator", "password_file": str(password_file)},
-                "points": [{"id": "speed", "node": SPEED}],
-            }
-        ],
-    )
+    config = agent_config(tmp_path, secure_server, password_file, {"mode": "SignAndEncrypt"})
     from agent.config import load_config
 
     settings = load_config(config)
@@ -215,19 +222,8 @@ def test_an_untrusted_server_is_refused_until_trusted(
 def test_trust_fetches_shows_and_asks(
     secure_server: SimulatedOpcUaServer, tmp_path: Path, password_file: Path
 ):
-    config = write_config(
-        tmp_path,
-        broker_port=1883,
-        devices=[
-            {
-                "name": "filler",
-                "driver": "opcua",
-                "endpoint": secure_server.endpoint,
-                "security": {"mode": "Sign", "policy": "Aes256_Sha256_RsaPss"},
-                "user": {"username": "operator", "password_file": str(password_file)},
-                "points": [{"id": "speed", "node": SPEED}],
-            }
-        ],
+    config = agent_config(
+        tmp_path, secure_server, password_file, {"mode": "Sign", "policy": "Aes256_Sha256_RsaPss"}
     )
 
     def trust(*extra: str, answer: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -288,19 +284,11 @@ def test_browse_uses_a_configured_device_security_and_login(
     password_file: Path,
     capsys: pytest.CaptureFixture[str],
 ):
-    config = write_config(
+    config = agent_config(
         tmp_path,
-        broker_port=1883,
-        devices=[
-            {
-                "name": "filler",
-                "driver": "opcua",
-                "endpoint": secure_server.endpoint,
-                "security": {"mode": "SignAndEncrypt", "policy": "Aes256_Sha256_RsaPss"},
-                "user": {"username": "operator", "password_file": str(password_file)},
-                "points": [{"id": "speed", "node": SPEED}],
-            }
-        ],
+        secure_server,
+        password_file,
+        {"mode": "SignAndEncrypt", "policy": "Aes256_Sha256_RsaPss"},
     )
     browse = ["browse", "--config", str(config), "--device", "filler", "--depth", "3"]
     assert main(browse) == 1
