@@ -35,7 +35,8 @@ from rich.tree import Tree
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
-from agent.settings import OpcUaDevice
+from agent.settings import NODE_ID, OPCUA_ENDPOINT, OpcUaDevice
+from drivers.opcua.client import status_name
 from drivers.opcua.security import Pki, SecuritySetupError, prepare_client
 
 __all__ = [
@@ -67,13 +68,10 @@ def _ns0(identifier: int) -> ua.NodeId:
 
 SERVER_OBJECT = _ns0(ObjectIds.Server)  # i=2253: diagnostics, left out under Objects
 
-# The node id forms the configuration accepts (agent/settings.py, _check_node_id).
-_NODE_ID = re.compile(r"^(nsu=[^;]+;|ns=\d+;)?(i=\d+|s=.+|g=[0-9a-fA-F-]{36}|b=.+)$")
 # Names the configuration accepts (agent/settings.py, _check_name).
 _NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _NOT_IN_NAME = re.compile(r"[^a-z0-9_-]+")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # kept off the one line a value gets
-_ENDPOINT = re.compile(r"^opc\.tcp://[^\s/:]+(:\d{1,5})?(/\S*)?$")
 _MAX_POINT_ID = 200  # OpcUaPoint.id
 _MAX_DEVICE_NAME = 64  # Name
 
@@ -185,7 +183,7 @@ def parse_node_id(text: str) -> tuple[str | None, ua.NodeId]:
     namespace index is then 0 until resolved. Raises UsageError if the text is no node id.
     """
     text = text.strip()
-    if not _NODE_ID.match(text):
+    if not NODE_ID.match(text):
         raise UsageError(
             f"{text!r} is not an OPC UA node id: write it as ns=2;s=Line1.Temp, i=85, "
             "ns=3;i=1001 or nsu=urn:vendor:plc;s=Line1.Temp."
@@ -266,7 +264,7 @@ class _Walker:
         )
         shown = format_node_id(node_id, self.namespaces)
         if node_class.StatusCode is not None and node_class.StatusCode.is_bad():
-            status = _status_name(node_class.StatusCode)
+            status = status_name(node_class.StatusCode)
             if status in ("BadNodeIdUnknown", "BadNodeIdInvalid"):
                 raise BrowseError(f"The server at {self.endpoint} has no node {text}.")
             raise BrowseError(
@@ -393,7 +391,7 @@ class _Walker:
                 index * width : (index + 1) * width
             ]
             if value.StatusCode is not None and value.StatusCode.is_bad():
-                node.value_error = _status_name(value.StatusCode)
+                node.value_error = status_name(value.StatusCode)
             else:
                 node.value = value.Value.Value if value.Value is not None else None
             type_id = _good_value(data_type)
@@ -573,11 +571,6 @@ def _unit_text(value: Any) -> str | None:
     return None
 
 
-def _status_name(status: ua.StatusCode) -> str:
-    # The low 16 bits carry info bits that hide the name.
-    return str(ua.StatusCode(ua.UInt32(status.value & 0xFFFF0000)).name)
-
-
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, ConnectionRefusedError):
         return "the connection was refused (is the server running, and is the port right?)"
@@ -586,7 +579,7 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "no answer in time"
     if isinstance(exc, UaStatusCodeError) and isinstance(exc.code, int):
-        name = _status_name(ua.StatusCode(ua.UInt32(exc.code)))
+        name = status_name(ua.StatusCode(ua.UInt32(exc.code)))
         if name.startswith(("BadIdentityToken", "BadUserAccessDenied", "BadSecurity")):
             return (
                 f"the server answered {name}: it may not allow anonymous sessions without security"
@@ -855,7 +848,7 @@ def browse_command(
     """`shopfloor browse`: print the tree, write the export; the exit status (2: usage).
     `secured_by`: a configured device whose security, login and trust list the session uses."""
     try:
-        if not _ENDPOINT.match(endpoint):
+        if not OPCUA_ENDPOINT.match(endpoint):
             raise UsageError(
                 f"{endpoint!r} is not an OPC UA endpoint: write it as opc.tcp://HOST:PORT[/PATH]."
             )

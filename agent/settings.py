@@ -603,14 +603,16 @@ class ModbusRtuDevice(_ModbusDevice):
 
 ModbusDevice = ModbusTcpDevice | ModbusRtuOverTcpDevice | ModbusRtuDevice
 
-_NODE_ID = re.compile(r"^(nsu=[^;]+;|ns=\d+;)?(i=\d+|s=.+|g=[0-9a-fA-F-]{36}|b=.+)$")
+# The node id forms the configuration accepts (also checked by `shopfloor browse --node`).
+NODE_ID = re.compile(r"^(nsu=[^;]+;|ns=\d+;)?(i=\d+|s=.+|g=[0-9a-fA-F-]{36}|b=.+)$")
+OPCUA_ENDPOINT = re.compile(r"^opc\.tcp://[^\s/:]+(:\d{1,5})?(/\S*)?$")
 # A browse path from the Objects folder: /Objects/Line1/Press3/Temp. A segment may carry a
 # namespace index (2:Temp) where two children share a name in different namespaces.
 _BROWSE_PATH = re.compile(r"^/Objects(/[^/]+)+$")
 
 
 def _check_node_id(text: str) -> str:
-    if _NODE_ID.match(text):
+    if NODE_ID.match(text):
         index = re.match(r"^ns=(\d+);", text)
         if index and int(index.group(1)) > 65535:
             raise ValueError(f"namespace index {index.group(1)} is beyond 65535, in {text!r}")
@@ -662,7 +664,7 @@ class OpcUaPoint(_Strict):
 
 
 def _check_endpoint(url: str) -> str:
-    if not re.match(r"^opc\.tcp://[^\s/:]+(:\d{1,5})?(/\S*)?$", url):
+    if not OPCUA_ENDPOINT.match(url):
         raise ValueError(f"expected an endpoint such as opc.tcp://10.0.0.5:4840, got {url!r}")
     return url
 

@@ -39,7 +39,7 @@ from agent.settings import OpcUaDevice, OpcUaPoint
 from drivers.base import DriverError, Health, LinkState, NotConnected, Unsupported
 from drivers.opcua.security import Pki, SecuritySetupError, prepare_client
 
-__all__ = ["OpcUaDriver", "WriteRefused"]
+__all__ = ["OpcUaDriver", "WriteRefused", "status_name"]
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +197,7 @@ class OpcUaDriver:
 
     def _refusal(self, exc: UaStatusCodeError) -> str:
         code = exc.code
-        name = _status_name(ua.StatusCode(code))
+        name = status_name(ua.StatusCode(code))
         if code in _ACCESS_DENIED:
             who = self.device.user.username if self.device.user else None
             login = f"user '{who}'" if who else "the agent's login"
@@ -275,7 +275,7 @@ class OpcUaDriver:
         for point_id, data in zip(ids, types, strict=True):
             status = data.StatusCode
             if status is not None and status.is_bad():
-                self._variables[point_id] = _status_name(status)
+                self._variables[point_id] = status_name(status)
                 continue
             data_type = data.Value.Value if data.Value is not None else None
             if not isinstance(data_type, ua.NodeId):
@@ -387,15 +387,15 @@ class OpcUaDriver:
             self._health.read_errors += 1
             if status.value & 0xFFFF0000 == StatusCodes.BadNodeIdUnknown:
                 # Deleted on the server: looked up again later, like a node never found.
-                self._variables[point.id] = _status_name(status)
+                self._variables[point.id] = status_name(status)
                 self._next_resolve = min(
                     self._next_resolve, time.monotonic() + self.device.resolve_retry
                 )
-            return Sample(point.id, None, Quality.BAD, ts, _status_name(status))
+            return Sample(point.id, None, Quality.BAD, ts, status_name(status))
         value = _plain(data.Value.Value if data.Value is not None else None)
         quality, reason = Quality.GOOD, None
         if status.is_uncertain():
-            quality, reason = Quality.UNCERTAIN, _status_name(status)
+            quality, reason = Quality.UNCERTAIN, status_name(status)
         variable = self._variables.get(point.id)
         names = variable.enum_names if isinstance(variable, _Variable) else None
         if names is not None and point.enum_as == "name" and isinstance(value, int):
@@ -492,7 +492,7 @@ class OpcUaDriver:
             if isinstance(result, ua.StatusCode):
                 # Refused (e.g. BadNodeIdUnknown, BadFilterNotAllowed): BAD at each read.
                 del self._points_by_handle[handle]
-                self._variables[point.id] = _status_name(result) + _filter_hint(point, result)
+                self._variables[point.id] = status_name(result) + _filter_hint(point, result)
             else:
                 self._monitored_item_ids[point.id] = result
 
@@ -543,7 +543,7 @@ class OpcUaDriver:
             elif isinstance(event, StatusChangeEvent):
                 status = event.notification.Status
                 self._subscription_broken = (
-                    f"the server ended the subscription: {_status_name(status)}"
+                    f"the server ended the subscription: {status_name(status)}"
                 )
                 self._notified.set()
 
@@ -651,7 +651,7 @@ class OpcUaDriver:
         except UaStatusCodeError as exc:
             raise WriteRefused(
                 f"{self.endpoint} refused the write to {point.id}: "
-                f"{_status_name(ua.StatusCode(exc.code))}"
+                f"{status_name(ua.StatusCode(exc.code))}"
             ) from None
         except _COMMUNICATION_ERRORS as exc:
             await self._lost(f"connection lost during a write: {_describe(exc)}")
@@ -817,7 +817,8 @@ def _filter_hint(point: OpcUaPoint, status: ua.StatusCode) -> str:
     return ""
 
 
-def _status_name(status: ua.StatusCode) -> str:
+def status_name(status: ua.StatusCode) -> str:
+    """A status code's name without its info bits."""
     # The low 16 bits carry info bits that hide the name (e.g. "Good" for GoodOverload).
     return str(ua.StatusCode(ua.UInt32(status.value & 0xFFFF0000)).name)
 
