@@ -14,10 +14,11 @@ from typing import Any
 
 from agent import __version__
 from agent.buffer import LiveBuffer
+from agent.commands import CommandRequest, CommandRouter, inspect_handler, ping_handler
 from agent.credentials import SecretUnavailable, read_secret
-from agent.model import now_ms
+from agent.model import Event, now_ms
 from agent.outbox import Outbox
-from agent.pipeline import DeviceRunner, Handoff, OutboxWriter, PipelineStats
+from agent.pipeline import Batch, DeviceRunner, Handoff, OutboxWriter, PipelineStats
 from agent.publish.mqtt import MqttPublisher
 from agent.publish.payload import Topics, max_message_body
 from agent.publish.tls import TlsSetupError, tls_context
@@ -111,6 +112,8 @@ class Agent:
         tls = mqtt_tls_context(config)
         self.outbox, self.session = open_outbox(config)
         self.buffer = LiveBuffer(self.outbox)
+        # Remote commands (`.../cmd/{name}`); the handlers are registered in _commands().
+        self.commands = CommandRouter(self.topics)
         self.publisher = MqttPublisher(
             config.mqtt,
             client_id=config.client_id,
@@ -121,6 +124,8 @@ class Agent:
             password=password,
             tls=tls,
             on_fatal=self._component_failed,
+            on_command=self._command_arrived,
+            command_topics=self.commands.topic_filter,
         )
         self.handoff = Handoff(_HANDOFF_BATCHES, self.stats)
         # Rows being sent (from memory, or in flight from the file) are never dropped: they
@@ -136,6 +141,11 @@ class Agent:
             DeviceRunner(device, self._driver_for(device), self.handoff)
             for device in config.devices
         ]
+        self.stations: list[Any] = []
+        self.cameras: dict[str, Any] = {}
+        if config.stations:
+            self._build_stations()
+        self._commands()
         self.writer = OutboxWriter(
             self.buffer,
             self.handoff,
@@ -153,6 +163,112 @@ class Agent:
 
             return OpcUaDriver(device, Pki(self.config.agent.data_dir / "pki"))
         return ModbusDriver(device, self.lines.for_device(device))
+
+    def _build_stations(self) -> None:
+        """Cameras, models and image archives of the vision stations, wired to the devices
+        whose points they watch and write. numpy, OpenCV and onnxruntime (together about
+        70 MiB) are loaded only here, when the configuration has stations."""
+        try:
+            from drivers.camera import open_camera
+            from inference.session import ModelError
+            from inference.vision.adapters import load_vision_model
+            from inference.vision.evidence import ImageArchive
+            from inference.vision.station import LoadedModel, PlcPoint, Station
+        except ImportError as exc:
+            raise StartupError(
+                f"the configuration has stations, which need the vision extra ({exc}): "
+                "install it with pip install 'shopfloor-agent[vision]'"
+            ) from exc
+        config = self.config
+        owners = {
+            point.id: (runner, point) for runner in self.runners for point in runner.device.points
+        }
+        plc = {
+            point_id: PlcPoint(runner.device.name, point, runner.driver)
+            for point_id, (runner, point) in owners.items()
+        }
+        used = {station.camera for station in config.stations}
+        for camera in config.cameras:
+            if camera.name in used:
+                self.cameras[camera.name] = open_camera(
+                    camera.name,
+                    camera.source if camera.source is not None else 0,
+                    folder=camera.folder,
+                    fps=camera.fps,
+                    loop=camera.loop,
+                    width=camera.width,
+                    height=camera.height,
+                    reconnect_max=camera.reconnect_max,
+                    open_timeout=camera.timeout,
+                )
+        for settings in config.stations:
+            models = []
+            for model in settings.models:
+                try:
+                    loaded = load_vision_model(
+                        model.path,
+                        threads=model.threads,
+                        threshold=model.threshold,
+                        ng_classes=model.ng_classes,
+                    )
+                except ModelError as exc:
+                    raise StartupError(f"station {settings.name}: {exc}") from exc
+                models.append(LoadedModel(model, loaded))
+            images = settings.images
+            archive = None
+            if images.save != "none" or images.ok_sample_every:
+                archive = ImageArchive(
+                    config.agent.data_dir / images.directory,
+                    max_bytes=images.max_bytes,
+                    max_age_s=images.max_age,
+                    jpeg_quality=images.jpeg_quality,
+                    station=settings.name,
+                )
+            station = Station(
+                settings,
+                self.cameras[settings.camera],
+                models,
+                plc,
+                publish=self._publish_event,
+                archive=archive,
+            )
+            watched = {settings.trigger.point, settings.part_id, settings.ack} - {None}
+            for runner in {owners[point_id][0] for point_id in watched if point_id}:
+                runner.observers.append(station.observe)
+            self.stations.append(station)
+
+    # -- remote commands ---------------------------------------------------------------------
+
+    def _commands(self) -> None:
+        """The commands this agent takes on `.../cmd/{name}` (see agent/commands.py)."""
+        self.commands.register("ping", ping_handler(self.config.agent.id, __version__))
+        self.commands.register("inspect", inspect_handler(self.stations))
+
+    def _command_arrived(self, request: CommandRequest) -> None:
+        """On paho's network thread: hand the command to the event loop; never blocks."""
+        if self._loop is None:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop has closed: shutting down
+            self._loop.call_soon_threadsafe(
+                self.commands.dispatch, request, self.publisher.offer_reply
+            )
+
+    def _commands_health(self) -> dict[str, Any]:
+        return {
+            **self.commands.health(),
+            "replies_sent": self.publisher.stats.replies_sent,
+            "replies_dropped": self.publisher.stats.replies_dropped,
+        }
+
+    def _stop_stations(self) -> None:
+        for camera in self.cameras.values():
+            camera.stop()
+        for station in self.stations:
+            if station.archive is not None:
+                station.archive.close(timeout=10.0)
+
+    def _publish_event(self, event: Event) -> None:
+        self.handoff.put(Batch("events", event.kind, [event]))
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set, then flush the outbox, say offline and close.
@@ -178,11 +294,18 @@ class Agent:
                 ]
                 tasks.append(group.create_task(self.writer.run(), name="outbox writer"))
                 tasks.append(group.create_task(self._health_loop(), name="health"))
+                for camera in self.cameras.values():
+                    camera.start()
+                tasks.extend(
+                    group.create_task(station.run(), name=f"station {station.name}")
+                    for station in self.stations
+                )
                 await stop.wait()
                 log.info("Stopping: flushing the outbox and telling the broker we go offline.")
                 for task in tasks:
                     task.cancel()
         finally:
+            await asyncio.to_thread(self._stop_stations)
             self.lines.close()
             self.writer.flush()
             await asyncio.to_thread(self.publisher.stop, SHUTDOWN_DRAIN_S)
@@ -280,6 +403,12 @@ class Agent:
                 "takeovers": self.publisher.link.takeovers,
             },
             "devices": devices,
+            "commands": self._commands_health(),
+            **(
+                {"stations": {station.name: station.health() for station in self.stations}}
+                if self.stations
+                else {}
+            ),
             "process": {
                 "rss_mib": round(_rss_bytes() / 2**20, 1),
                 "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),

@@ -449,6 +449,39 @@ def _parser() -> argparse.ArgumentParser:
     outbox_purge.add_argument("--yes", action="store_true", help="purge without asking")
     outbox.set_defaults(handler=_outbox)
 
+    model = command(
+        "model",
+        "Look into a vision model file: what the agent makes of it before a station uses it.",
+        "shopfloor model info inference/models/washer_classifier.onnx",
+    )
+    model.epilog = (
+        "Examples:\n"
+        "  shopfloor model info washer.onnx          inputs, outputs, family, classes, "
+        "pre-processing\n"
+        "  shopfloor model info yolo11n.onnx --json  the same as JSON for scripts\n"
+        "Values come from the model's metadata, overridden key by key by a sidecar YAML beside "
+        "it (washer.onnx -> washer.yaml). Exit status: 0 usable, 1 the vision extra is not "
+        "installed, 2 the file is missing, invalid or of an unknown layout."
+    )
+    model_actions = model.add_subparsers(
+        title="actions", metavar="ACTION", dest="action", required=True
+    )
+    model_info = model_actions.add_parser(
+        "info",
+        help="inputs, outputs, recognised family, classes, pre-processing, threshold and NG "
+        "classes, each with where it came from",
+        description="Show the inputs and outputs of an ONNX vision model, the family the agent "
+        "recognises, its classes, pre-processing (colour order, size, resize mode, scale, "
+        "mean, std), threshold and NG classes, each with where it came from (model metadata, "
+        "sidecar, metadata.json, family default, inferred from the graph), and the time of "
+        "one run on a blank image.",
+        epilog="Example:\n  shopfloor model info inference/models/washer_classifier.onnx --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    model_info.add_argument("file", type=Path, metavar="FILE", help="an ONNX model file")
+    model_info.add_argument("--json", action="store_true", help="print JSON for scripts")
+    model.set_defaults(handler=_model)
+
     demo = command(
         "demo",
         "Start a local broker, a simulated press line and meter, and the agent, and show the "
@@ -825,6 +858,20 @@ def _outbox(args: argparse.Namespace) -> int:
         topics=args.topic,
         yes=args.yes,
     )
+
+
+def _model(args: argparse.Namespace) -> int:
+    try:
+        # numpy, OpenCV and onnxruntime: loaded only for this command.
+        from inference.vision.info import model_info_command
+    except ImportError as exc:
+        print(
+            f"Vision models need the vision extra ({exc.name or exc} is missing): "
+            "pip install 'shopfloor-agent[vision]'",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    return model_info_command(args.file, as_json=args.json)
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -319,6 +319,23 @@ def _resolve_paths(config: Config, base: Path) -> Config:
             "agent": config.agent.model_copy(update={"data_dir": data_dir}),
             "mqtt": config.mqtt.model_copy(update=mqtt_update),
             "devices": [_resolve_device_paths(device, base) for device in config.devices],
+            "cameras": [
+                camera.model_copy(update={"folder": _resolve(base, camera.folder)})
+                if camera.folder is not None
+                else camera
+                for camera in config.cameras
+            ],
+            "stations": [
+                station.model_copy(
+                    update={
+                        "models": [
+                            model.model_copy(update={"path": _resolve(base, model.path)})
+                            for model in station.models
+                        ]
+                    }
+                )
+                for station in config.stations
+            ],
         }
     )
 
@@ -633,6 +650,7 @@ def _cross_check(document: dict[str, Any], locator: _Locator, base: Path) -> lis
                     )
                     break
             occupied.setdefault(table, []).append((start, end, str(point_id), bit, notation))
+    problems.extend(_check_vision(document, locator, base, point_owner))
     mqtt = document.get("mqtt")
     if isinstance(mqtt, dict):
         files: list[tuple[Loc, object]] = [(("mqtt", "password_file"), mqtt.get("password_file"))]
@@ -653,6 +671,144 @@ def _cross_check(document: dict[str, Any], locator: _Locator, base: Path) -> lis
             if isinstance(variable, str) and variable not in os.environ:
                 problems.append(locator.problem(loc, f"environment variable {variable} is not set"))
     return problems
+
+
+# Station outputs that hold a number rather than a state: a coil cannot carry them.
+_NUMBER_OUTPUTS = ("class_id", "error_code", "counter", "heartbeat")
+
+
+def _check_vision(
+    document: dict[str, Any], locator: _Locator, base: Path, point_owner: dict[str, Loc]
+) -> list[ConfigProblem]:
+    """Cameras and stations: unique names, existing files and folders, and station points
+    that exist on a device (and, for outputs, that the device can write)."""
+    problems: list[ConfigProblem] = []
+    cameras = document.get("cameras")
+    camera_names: dict[str, Loc] = {}
+    for c, camera in enumerate(cameras if isinstance(cameras, list) else []):
+        if not isinstance(camera, dict):
+            continue
+        name = camera.get("name")
+        if isinstance(name, str):
+            if name in camera_names:
+                problems.append(
+                    locator.problem(
+                        ("cameras", c, "name"),
+                        f"camera name '{name}' is already used by "
+                        f"{_where(camera_names[name], locator)}",
+                    )
+                )
+            camera_names.setdefault(name, ("cameras", c, "name"))
+        folder = camera.get("folder")
+        if (
+            isinstance(folder, str)
+            and "\0" not in folder
+            and not _resolve(base, Path(folder)).is_dir()
+        ):
+            problems.append(
+                locator.problem(("cameras", c, "folder"), f"folder {folder!r} does not exist")
+            )
+    stations = document.get("stations")
+    station_names: dict[str, Loc] = {}
+    for s, station in enumerate(stations if isinstance(stations, list) else []):
+        if not isinstance(station, dict):
+            continue
+        name = station.get("name")
+        if isinstance(name, str):
+            if name in station_names:
+                problems.append(
+                    locator.problem(
+                        ("stations", s, "name"),
+                        f"station name '{name}' is already used by "
+                        f"{_where(station_names[name], locator)}",
+                    )
+                )
+            station_names.setdefault(name, ("stations", s, "name"))
+        camera = station.get("camera")
+        if isinstance(camera, str) and camera not in camera_names:
+            known = ", ".join(camera_names) or "none is configured under cameras:"
+            problems.append(
+                locator.problem(
+                    ("stations", s, "camera"), f"no camera named '{camera}' (cameras: {known})"
+                )
+            )
+        references: list[tuple[Loc, object, str | None]] = [
+            (("stations", s, "part_id"), station.get("part_id"), None),
+            (("stations", s, "ack"), station.get("ack"), None),
+        ]
+        trigger = station.get("trigger")
+        if isinstance(trigger, dict):
+            references.append((("stations", s, "trigger", "point"), trigger.get("point"), None))
+        outputs = station.get("outputs")
+        if isinstance(outputs, dict):
+            references.extend(
+                (("stations", s, "outputs", key), value, key) for key, value in outputs.items()
+            )
+        for loc, point_id, output in references:
+            if not isinstance(point_id, str):
+                continue
+            owner = point_owner.get(point_id)
+            if owner is None:
+                problems.append(
+                    locator.problem(
+                        loc,
+                        f"no point with id '{point_id}': station points must be configured "
+                        "on a device under devices:",
+                    )
+                )
+            elif output is not None:
+                refusal = _unwritable(document, owner, output)
+                if refusal:
+                    problems.append(locator.problem(loc, f"'{point_id}' {refusal}"))
+        models = station.get("models")
+        for m, model in enumerate(models if isinstance(models, list) else []):
+            path = model.get("path") if isinstance(model, dict) else None
+            if isinstance(path, str) and "\0" not in path:
+                resolved = _resolve(base, Path(path))
+                if not resolved.is_file():
+                    shown = repr(path) + (f" ({resolved})" if str(resolved) != path else "")
+                    problems.append(
+                        locator.problem(
+                            ("stations", s, "models", m, "path"),
+                            f"model file {shown} does not exist",
+                        )
+                    )
+    return problems
+
+
+def _unwritable(document: dict[str, Any], owner: Loc, output: str) -> str | None:
+    """Why a station cannot write `output` to the point at `owner` (None if it can)."""
+    device = document["devices"][owner[1]]
+    point = device["points"][owner[3]]
+    if device.get("driver") == "opcua":
+        return None
+    notation = point.get("addressing", device.get("addressing", "protocol"))
+    if notation not in ("protocol", "one_based", "modicon"):
+        return None  # reported at the point itself
+    try:
+        table, _ = parse_modbus_address(point.get("address", ""), notation)
+    except ValueError:
+        return None
+    if table in ("input", "discrete"):
+        return f"is in the read-only {table} table: the station cannot write its {output} there"
+    if table == "holding" and point.get("type") == "bool":
+        return (
+            "is one bit of a holding register, which cannot be written without a "
+            "read-modify-write race: use a coil or a whole register"
+        )
+    if table == "coil":
+        if output in _NUMBER_OUTPUTS:
+            return f"is a coil, but {output} is a number: use a holding register"
+        return None
+    value_type = str(point.get("type"))
+    if not value_type.startswith(("int", "uint")):
+        return f"is a {value_type} register; the station's {output} needs an integer type"
+    if output == "class_id" and value_type.startswith("uint"):
+        return (
+            f"is {value_type}, but class_id is -1 when an inspection has no image: use a "
+            "signed type such as int16"
+        )
+    return None
 
 
 def _where(loc: Loc, locator: _Locator) -> str:

@@ -107,6 +107,10 @@ class DeviceRunner:
         self._attempt = 0
         self._retry_at = 0.0
         self._crashed = False
+        # Called with every poll's samples before transforms (which may hold a value back):
+        # stations watch their trigger, part id and acknowledge points here.
+        self.observers: list[Callable[[Sequence[Sample]], None]] = []
+        self._observer_failed = False
 
     async def run(self) -> None:
         """Sample until cancelled."""
@@ -180,6 +184,17 @@ class DeviceRunner:
 
     def _emit(self, samples: Sequence[Sample]) -> None:
         self.handoff.stats.samples_in += len(samples)
+        for observer in self.observers:
+            try:
+                observer(samples)
+            except Exception:  # a station's bug must not stop the device's data
+                if not self._observer_failed:
+                    self._observer_failed = True
+                    log.exception(
+                        "A station watching device %s failed on its samples; the device's "
+                        "data keeps flowing. Please report this with the traceback below.",
+                        self.device.name,
+                    )
         kept = self.transforms.apply(samples)
         if kept:
             self.handoff.put(Batch("metrics", self.device.name, kept))

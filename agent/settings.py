@@ -17,6 +17,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 __all__ = [
     "AgentSettings",
+    "CameraSettings",
     "Config",
     "DeviceSettings",
     "FieldError",
@@ -32,6 +33,12 @@ __all__ = [
     "OpcUaSecurity",
     "OpcUaUser",
     "OutboxSettings",
+    "RegionOfInterest",
+    "StationImages",
+    "StationModel",
+    "StationOutputs",
+    "StationSettings",
+    "StationTrigger",
     "parse_duration",
     "parse_modbus_address",
     "parse_size",
@@ -798,6 +805,152 @@ _DEVICE_CLASSES: dict[
 }
 
 
+# -- vision inspection ----------------------------------------------------------------------
+
+_CAMERA_URL = re.compile(r"^(rtsp|rtsps|http|https)://[^\s]+$")
+
+
+class CameraSettings(_Strict):
+    """A camera: an OpenCV device index (`source: 0`), an RTSP or HTTP(S) URL, or a folder of
+    images (`folder:`, for replay, tests and the demo)."""
+
+    name: Name
+    source: Annotated[int, Field(ge=0, le=255)] | str | None = None
+    folder: FilePath | None = None
+    # A folder without fps is a triggered camera: one image per inspection, in name order.
+    fps: Annotated[float, Field(gt=0, le=240)] | None = None
+    loop: bool = True
+    width: Annotated[int, Field(ge=16, le=16384)] | None = None
+    height: Annotated[int, Field(ge=16, le=16384)] | None = None
+    # Without a frame for this long the camera counts as lost and is opened again.
+    timeout: Annotated[Seconds, _duration(0.1, 120)] = 5.0
+    reconnect_max: Annotated[Seconds, _duration(0.1, 600)] = 10.0
+
+    @model_validator(mode="after")
+    def _one_source(self) -> CameraSettings:
+        if (self.source is None) == (self.folder is None):
+            raise FieldError(
+                "source",
+                "give exactly one of source (a device index such as 0, or an rtsp:// or "
+                "http:// URL) and folder (a directory of images)",
+            )
+        if isinstance(self.source, str) and not _CAMERA_URL.match(self.source):
+            raise FieldError(
+                "source",
+                f"{self.source!r} is neither a device index nor an rtsp://, rtsps://, http:// "
+                "or https:// URL",
+            )
+        return self
+
+
+class RegionOfInterest(_Strict):
+    """A rectangle of the camera frame, in pixels from the top-left corner."""
+
+    name: Name
+    x: Annotated[int, Field(ge=0, le=16384)]
+    y: Annotated[int, Field(ge=0, le=16384)]
+    width: Annotated[int, Field(ge=1, le=16384)]
+    height: Annotated[int, Field(ge=1, le=16384)]
+
+
+class StationModel(_Strict):
+    """One model a station runs, on every region of interest it names (the whole frame when
+    the station has none)."""
+
+    path: FilePath
+    name: Name | None = None
+    threshold: Annotated[float, Field(ge=0, le=1)] | None = None
+    ng_classes: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = None
+    rois: list[Name] | None = None
+    threads: Annotated[int, Field(ge=1, le=64)] | None = None
+
+
+class StationTrigger(_Strict):
+    """What starts an inspection: the rising edge of a PLC point, a fixed interval, and/or a
+    command (`.../cmd/inspect`)."""
+
+    point: Annotated[str, Field(max_length=200)] | None = None
+    interval: Annotated[Seconds, _duration(0.05, 86400)] | None = None
+    command: bool = False
+
+    @model_validator(mode="after")
+    def _one_trigger(self) -> StationTrigger:
+        if self.point is not None and self.interval is not None:
+            raise FieldError("interval", "give either point (a rising edge) or interval, not both")
+        if self.point is None and self.interval is None and not self.command:
+            raise FieldError(
+                "point",
+                "a station needs a trigger: point (rising edge of a PLC point), interval, or "
+                "command: true",
+            )
+        return self
+
+
+PointId = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class StationOutputs(_Strict):
+    """Points the verdict is written to, in this order: ok, ng, class_id, error, error_code,
+    then counter, result_ready and ready. Each is optional."""
+
+    ready: PointId | None = None
+    result_ready: PointId | None = None
+    ok: PointId | None = None
+    ng: PointId | None = None
+    class_id: PointId | None = None
+    error: PointId | None = None
+    error_code: PointId | None = None
+    counter: PointId | None = None
+    heartbeat: PointId | None = None
+
+
+class StationImages(_Strict):
+    """Which inspection images are kept on disk, with their overlays, and for how long."""
+
+    save: Literal["ng", "all", "none"] = "ng"
+    # With save: ng, also keep one OK image in this many (0: none).
+    ok_sample_every: Annotated[int, Field(ge=0, le=1_000_000)] = 0
+    directory: FilePath = Path("images")
+    max_bytes: Annotated[Bytes, _size(2**20, 2**40)] = 256 * 2**20
+    max_age: Annotated[Seconds, _duration(60, 3650 * 86400)] = 30 * 86400.0
+    jpeg_quality: Annotated[int, Field(ge=10, le=100)] = 90
+
+
+class StationSettings(_Strict):
+    """A vision inspection station: trigger -> frame -> models -> verdict -> PLC."""
+
+    name: Name
+    camera: Name
+    trigger: StationTrigger
+    part_id: PointId | None = None
+    ack: PointId | None = None
+    outputs: StationOutputs = Field(default_factory=StationOutputs)
+    # How long an inspection waits for a frame taken after its trigger.
+    frame_timeout: Annotated[Seconds, _duration(0.01, 60)] = 2.0
+    heartbeat_interval: Annotated[Seconds, _duration(0.1, 3600)] = 1.0
+    # The class id written for an NG found only by anomaly models, which have no classes.
+    anomaly_class_id: Annotated[int, Field(ge=0, le=32767)] = 100
+    rois: list[RegionOfInterest] = Field(default_factory=list)
+    models: Annotated[list[StationModel], Field(min_length=1)]
+    images: StationImages = Field(default_factory=StationImages)
+
+    @model_validator(mode="after")
+    def _rois_known(self) -> StationSettings:
+        names = [roi.name for roi in self.rois]
+        for index, roi in enumerate(self.rois):
+            if roi.name in names[:index]:
+                raise FieldError(("rois", index, "name"), f"ROI name {roi.name!r} is used twice")
+        for index, model in enumerate(self.models):
+            for roi_name in model.rois or []:
+                if roi_name not in names:
+                    known = ", ".join(names) or "none"
+                    raise FieldError(
+                        ("models", index, "rois"),
+                        f"no ROI named {roi_name!r} in this station (ROIs: {known})",
+                    )
+        return self
+
+
 class Config(_Strict):
     """The whole agent configuration file."""
 
@@ -805,6 +958,8 @@ class Config(_Strict):
     mqtt: MqttSettings
     outbox: OutboxSettings = Field(default_factory=OutboxSettings)
     devices: Annotated[list[DeviceSettings], Field(min_length=1)]
+    cameras: list[CameraSettings] = Field(default_factory=list)
+    stations: list[StationSettings] = Field(default_factory=list)
 
     @classmethod
     def from_validated(cls, data: dict[str, Any]) -> Config:
@@ -854,6 +1009,10 @@ class Config(_Strict):
                 )
                 for device in data["devices"]
             ],
+            # Validated again: they are few, and a vision agent loads numpy and onnxruntime
+            # anyway, next to which pydantic's validators are small.
+            cameras=[CameraSettings.model_validate(c) for c in data.get("cameras", [])],
+            stations=[StationSettings.model_validate(s) for s in data.get("stations", [])],
         )
 
     @model_validator(mode="after")

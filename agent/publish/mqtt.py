@@ -9,6 +9,13 @@ and client-id takeovers explained once).
 Everything else, publishing included, happens on the publisher thread, so the mid -> rows map
 is only touched there: an acknowledgement that arrives before `publish()` returns its mid just
 waits in the queue until the map has it.
+
+Remote commands (`agent.commands`): with `on_command` given, the publisher subscribes to
+`.../cmd/+` on every connection; `on_message` only wraps each message into a `CommandRequest`
+and hands it to `on_command` (which must not block: the agent schedules it on its event loop).
+Replies come back through `offer_reply()` and are published from the publisher thread, ahead
+of data, when connected; a reply that finds no connection is dropped and counted (it is only
+useful now, so it is never kept in the outbox).
 """
 
 from __future__ import annotations
@@ -27,9 +34,13 @@ from typing import Any, TypeVar
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from agent.buffer import LiveBuffer, LiveEntry
+from agent.commands import CommandReply, CommandRequest
 from agent.model import now_ms
 from agent.outbox import Outbox, StoredRow
 from agent.publish.link import Link, guarded
@@ -76,6 +87,8 @@ class PublisherStats:
     connects: int = 0
     in_flight: int = 0
     dead_letter_records: int = 0
+    replies_sent: int = 0
+    replies_dropped: int = 0  # no connection, or paho refused the reply
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +113,11 @@ class MqttPublisher:
         password: str | None = None,
         tls: ssl.SSLContext | None = None,
         on_fatal: Callable[[BaseException], None] | None = None,
+        on_command: Callable[[CommandRequest], None] | None = None,
+        command_topics: str | None = None,
     ) -> None:
+        """`on_command` receives each message on `command_topics` (a filter such as
+        `.../cmd/+`), on paho's thread: it must hand the message over and return at once."""
         self.settings = settings
         self.topics = topics
         self.outbox = outbox
@@ -111,6 +128,11 @@ class MqttPublisher:
         self._password = password
         self._tls = tls
         self._on_fatal = on_fatal
+        self._on_command = on_command
+        self._command_topics = command_topics if on_command is not None else None
+        self._replies: queue.SimpleQueue[CommandReply] = queue.SimpleQueue()
+        self._reply_failures: set[str] = set()  # logged once each
+        self._subscribe_refused = False
         self._events: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._wake = threading.Event()
         self._in_flight: dict[int, _InFlight] = {}
@@ -160,6 +182,11 @@ class MqttPublisher:
         self._health = report
         self._wake.set()
 
+    def offer_reply(self, reply: CommandReply) -> None:
+        """Publish this reply to a command now if connected, else drop it (from any thread)."""
+        self._replies.put(reply)
+        self._wake.set()
+
     def stop(self, timeout: float) -> None:
         """Deliver what the outbox holds for up to `timeout` seconds, then say offline and close.
 
@@ -199,6 +226,9 @@ class MqttPublisher:
         client.on_disconnect = guarded("on_disconnect", self._on_disconnect)
         client.on_publish = guarded("on_publish", self._on_publish)
         client.on_log = guarded("on_log", self._on_log)
+        if self._command_topics is not None:
+            client.on_message = guarded("on_message", self._on_message)
+            client.on_subscribe = guarded("on_subscribe", self._on_subscribe)
         return client
 
     def _on_connect(
@@ -223,6 +253,29 @@ class MqttPublisher:
         self._events.put(lambda: self._handle_ack(mid, reason))
         self._wake.set()
 
+    def _on_message(self, _client: Any, _userdata: Any, message: mqtt.MQTTMessage) -> None:
+        assert self._on_command is not None
+        properties = message.properties
+        response_topic = getattr(properties, "ResponseTopic", None)
+        correlation = getattr(properties, "CorrelationData", None)
+        self._on_command(
+            CommandRequest(
+                topic=message.topic,
+                payload=bytes(message.payload),
+                retained=bool(message.retain),
+                response_topic=response_topic if isinstance(response_topic, str) else None,
+                correlation_data=bytes(correlation) if correlation is not None else None,
+            )
+        )
+
+    def _on_subscribe(
+        self, _client: Any, _userdata: Any, _mid: int, reasons: list[ReasonCode], _props: Any
+    ) -> None:
+        refused = [reason for reason in reasons if reason.is_failure]
+        if refused:
+            self._events.put(lambda: self._handle_subscribe_refused(refused[0]))
+            self._wake.set()
+
     # -- the publisher thread ------------------------------------------------------------------
 
     def _run(self) -> None:
@@ -235,6 +288,7 @@ class MqttPublisher:
                 try:
                     self._drain_events()
                     self.link.tend(stopping=self._stop_deadline is not None)
+                    self._send_replies()
                     if self._stop_deadline is not None and self._finished():
                         break
                     if self._connected:
@@ -306,6 +360,68 @@ class MqttPublisher:
         self._client.publish(
             self.topics.status, self._status_payload("online", None), qos=1, retain=True
         )
+        self._subscribe_commands()
+
+    def _subscribe_commands(self) -> None:
+        """On every connection: the agent's sessions end with the connection (MQTT 5 session
+        expiry 0, 3.1.1 clean session), so the subscription does too."""
+        if self._command_topics is None:
+            return
+        if self.settings.version == "5":
+            # No Local: the agent never receives its own replies, even when a request names
+            # one of its command topics as the response topic.
+            self._client.subscribe(
+                self._command_topics, options=SubscribeOptions(qos=1, noLocal=True)
+            )
+        else:
+            self._client.subscribe(self._command_topics, qos=1)
+
+    def _handle_subscribe_refused(self, reason: ReasonCode) -> None:
+        if not self._subscribe_refused:
+            log.warning(
+                "The broker refused the subscription to %s (%s): remote commands do not reach "
+                "this agent; check the broker's ACL for the agent's user.",
+                self._command_topics,
+                reason,
+            )
+        self._subscribe_refused = True
+
+    def _send_replies(self) -> None:
+        """Publish the replies to commands that are waiting, ahead of data; without a
+        connection they are dropped (a late reply is of no use to the sender)."""
+        while True:
+            try:
+                reply = self._replies.get_nowait()
+            except queue.Empty:
+                return
+            if not self._connected:
+                self.stats.replies_dropped += 1
+                continue
+            properties = None
+            if reply.correlation_data is not None and self.settings.version == "5":
+                properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+                properties.CorrelationData = reply.correlation_data
+            try:
+                info = self._client.publish(
+                    reply.topic, reply.payload, qos=1, retain=False, properties=properties
+                )
+                rc = info.rc
+            except ValueError as exc:  # paho refuses the topic or the payload
+                rc, problem = MQTTErrorCode.MQTT_ERR_INVAL, str(exc)
+            else:
+                problem = mqtt.error_string(rc)
+            if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+                self.stats.replies_sent += 1
+                continue
+            self.stats.replies_dropped += 1
+            if problem not in self._reply_failures:
+                self._reply_failures.add(problem)
+                log.warning(
+                    "Could not publish the reply to a command on %s (%s); the reply is dropped "
+                    "and counted in health (commands.replies_dropped).",
+                    reply.topic,
+                    problem,
+                )
 
     def _handle_disconnect(self, reason: ReasonCode | str) -> None:
         log_it = self.link.down(reason, was_up=self._connected)
