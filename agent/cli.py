@@ -534,7 +534,11 @@ def _check(args: argparse.Namespace) -> int:
             print(config.model_dump_json(exclude_defaults=True))
             continue
         points = sum(len(device.points) for device in config.devices)
-        print(f"{path}: OK ({_count(len(config.devices), 'device')}, {_count(points, 'point')}).")
+        stations = f", {_count(len(config.stations), 'station')}" if config.stations else ""
+        print(
+            f"{path}: OK ({_count(len(config.devices), 'device')}, "
+            f"{_count(points, 'point')}{stations})."
+        )
     return status
 
 
