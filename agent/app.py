@@ -213,6 +213,12 @@ class Agent:
                     )
                 except ModelError as exc:
                     raise StartupError(f"station {settings.name}: {exc}") from exc
+                try:
+                    # The first run allocates: it should not be a part's, and a model that
+                    # loads but cannot run should stop the start, not fail the first part.
+                    loaded.warm_up()
+                except ModelError as exc:
+                    raise StartupError(f"station {settings.name}: {exc}") from exc
                 models.append(LoadedModel(model, loaded))
             images = settings.images
             archive = None
@@ -232,7 +238,12 @@ class Agent:
                 publish=self._publish_event,
                 archive=archive,
             )
-            watched = {settings.trigger.point, settings.part_id, settings.ack} - {None}
+            watched = {
+                settings.trigger.point,
+                settings.part_id,
+                settings.ack,
+                settings.outputs.counter,
+            } - {None}
             for runner in {owners[point_id][0] for point_id in watched if point_id}:
                 runner.observers.append(station.observe)
             self.stations.append(station)

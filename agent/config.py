@@ -660,13 +660,9 @@ def _cross_check(document: dict[str, Any], locator: _Locator, base: Path) -> lis
             files.extend((("mqtt", "tls", name), tls.get(name)) for name in _MQTT_TLS_FILES)
             variables.append((("mqtt", "tls", "key_password_env"), tls.get("key_password_env")))
         for loc, file in files:
-            if isinstance(file, str) and "\0" not in file:
-                resolved = _resolve(base, Path(file))
-                if not resolved.is_file():
-                    shown = repr(file)
-                    if str(resolved) != file:
-                        shown += f" ({resolved})"
-                    problems.append(locator.problem(loc, f"file {shown} does not exist"))
+            missing = _missing(base, file, "file")
+            if missing:
+                problems.append(locator.problem(loc, missing))
         for loc, variable in variables:
             if isinstance(variable, str) and variable not in os.environ:
                 problems.append(locator.problem(loc, f"environment variable {variable} is not set"))
@@ -699,15 +695,9 @@ def _check_vision(
                     )
                 )
             camera_names.setdefault(name, ("cameras", c, "name"))
-        folder = camera.get("folder")
-        if (
-            isinstance(folder, str)
-            and "\0" not in folder
-            and not _resolve(base, Path(folder)).is_dir()
-        ):
-            problems.append(
-                locator.problem(("cameras", c, "folder"), f"folder {folder!r} does not exist")
-            )
+        missing = _missing(base, camera.get("folder"), "folder")
+        if missing:
+            problems.append(locator.problem(("cameras", c, "folder"), missing))
     stations = document.get("stations")
     station_names: dict[str, Loc] = {}
     for s, station in enumerate(stations if isinstance(stations, list) else []):
@@ -763,17 +753,24 @@ def _check_vision(
         models = station.get("models")
         for m, model in enumerate(models if isinstance(models, list) else []):
             path = model.get("path") if isinstance(model, dict) else None
-            if isinstance(path, str) and "\0" not in path:
-                resolved = _resolve(base, Path(path))
-                if not resolved.is_file():
-                    shown = repr(path) + (f" ({resolved})" if str(resolved) != path else "")
-                    problems.append(
-                        locator.problem(
-                            ("stations", s, "models", m, "path"),
-                            f"model file {shown} does not exist",
-                        )
-                    )
+            missing = _missing(base, path, "model file")
+            if missing:
+                problems.append(locator.problem(("stations", s, "models", m, "path"), missing))
     return problems
+
+
+def _missing(base: Path, value: object, kind: str) -> str | None:
+    """Why the file (or folder, when `kind` is "folder") a setting names cannot be used, or
+    None if it exists (or the setting is not a usable path, which the schema reports)."""
+    if not isinstance(value, str) or "\0" in value:
+        return None
+    resolved = _resolve(base, Path(value))
+    shown = repr(value) + (f" ({resolved})" if str(resolved) != value else "")
+    try:
+        exists = resolved.is_dir() if kind == "folder" else resolved.is_file()
+    except OSError as exc:  # a name too long, a directory the agent may not enter
+        return f"{kind} {shown} cannot be checked: {exc.strerror or exc}"
+    return None if exists else f"{kind} {shown} does not exist"
 
 
 def _unwritable(document: dict[str, Any], owner: Loc, output: str) -> str | None:

@@ -288,7 +288,7 @@ class _Describer:
         sidecar = sidecar_path(self.path)
         if sidecar.is_file():
             self._read_sidecar(sidecar)
-        v1_metadata = _anomalib_v1_metadata(self.path)
+        v1_metadata = _anomalib_v1_metadata(self.path, outputs)
         family, primary = _recognise(self.path, outputs, self._task_hint(), v1_metadata)
         if threshold is not None:
             self._set("threshold", threshold, "config", "the station's configuration")
@@ -632,9 +632,16 @@ def _looks_ultralytics(metadata: dict[str, str]) -> bool:
     )
 
 
-def _anomalib_v1_metadata(path: Path) -> tuple[Path, dict[str, Any]] | None:
-    """anomalib 1.x's metadata.json beside the model (`<stem>.metadata.json` first), if any."""
-    for candidate in (path.with_suffix(".metadata.json"), path.parent / "metadata.json"):
+def _anomalib_v1_metadata(
+    path: Path, outputs: tuple[tuple[str, Shape], ...]
+) -> tuple[Path, dict[str, Any]] | None:
+    """anomalib 1.x's metadata.json beside the model, if any: `<stem>.metadata.json`, or a
+    shared `metadata.json` only for a model whose one output can be an anomaly score or map
+    (a classifier's [N, C] output in a folder of several models must not be taken for one)."""
+    candidates = [path.with_suffix(".metadata.json")]
+    if len(outputs) == 1 and _anomaly_shaped(outputs[0][1]):
+        candidates.append(path.parent / "metadata.json")
+    for candidate in candidates:
         if not candidate.is_file():
             continue
         try:
@@ -644,6 +651,15 @@ def _anomalib_v1_metadata(path: Path) -> tuple[Path, dict[str, Any]] | None:
         if isinstance(data, dict) and "image_threshold" in data:
             return candidate, data
     return None
+
+
+def _anomaly_shaped(shape: Shape) -> bool:
+    """[N], [N, 1] (a score) or [N, 1, H, W] (a map); dynamic sizes count as possible."""
+    if len(shape) == 1:
+        return True
+    if len(shape) in (2, 4):
+        return not isinstance(shape[1], int) or shape[1] == 1
+    return False
 
 
 def _find_mean_std(node: Any, depth: int = 0) -> tuple[Any, Any] | None:

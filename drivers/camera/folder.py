@@ -174,13 +174,14 @@ class TriggeredFolderCamera(CameraBase):
         self._next = 0
         self._passes = 0
         self._started = False
+        self._last_rescan = 0.0
 
     def start(self) -> None:
         """Allow frames; the folder is first read at the first `frame_after`."""
         if not self._started:
             self._started = True
             self._set_running(True)
-            if isinstance(self.folder.scan(), list):
+            if self._has_readable_image():
                 # Nothing to connect to: a folder with images can serve the first trigger.
                 with self._lock:
                     self._health.state = LinkState.CONNECTED
@@ -196,6 +197,29 @@ class TriggeredFolderCamera(CameraBase):
     def running(self) -> bool:
         """Whether start() was called and stop() was not."""
         return self._started
+
+    def _check_stall(self) -> None:
+        """A folder that had no readable image is looked at again (at most once a second), so
+        that a station waiting to be ready sees the images come back without a trigger."""
+        if not self._started or self._health.state == LinkState.CONNECTED:
+            return
+        if self._passes and not self.loop:
+            return  # a replay that has finished stays finished
+        now = time.monotonic()
+        if now - self._last_rescan < 1.0:
+            return
+        self._last_rescan = now
+        if self._has_readable_image():
+            with self._lock:
+                self._health.state = LinkState.CONNECTED
+                self._health.since_ms = now_ms()
+
+    def _has_readable_image(self) -> bool:
+        """Whether one of the folder's first few images can be decoded."""
+        files = self.folder.scan()
+        return isinstance(files, list) and any(
+            self.folder.read(path) is not None for path in files[:5]
+        )
 
     def _retry_note(self) -> str:
         return "The folder is read again at the next trigger."
@@ -217,9 +241,9 @@ class TriggeredFolderCamera(CameraBase):
         if ahead > 0:
             await asyncio.sleep(ahead)
         try:
-            image = await asyncio.wait_for(
-                asyncio.to_thread(self._next_image), max(0.0, deadline - time.monotonic())
-            )
+            # asyncio.timeout, not wait_for, which can swallow a cancellation on Python 3.11.
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                image = await asyncio.to_thread(self._next_image)
         except TimeoutError:
             raise self._unavailable(timeout) from None
         if isinstance(image, _NoImage):

@@ -163,7 +163,10 @@ class FrameSlot:
             waiter = _Waiter(after_monotonic, loop, loop.create_future())
             self._waiters.append(waiter)
         try:
-            return await asyncio.wait_for(waiter.future, timeout)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation
+            # that arrives with the frame, and a station would then never stop.
+            async with asyncio.timeout(timeout):
+                return await waiter.future
         finally:
             with self._lock, contextlib.suppress(ValueError):
                 self._waiters.remove(waiter)

@@ -147,6 +147,14 @@ class VisionModel:
             raise ModelError(
                 f"Model {self.description.path} failed to run in onnxruntime: {exc}"
             ) from exc
+        for output in outputs:
+            # A NaN would compare below every threshold and pass a part nobody inspected
+            # (fp16 overflow, a broken quantisation): refuse the run instead.
+            if output.dtype.kind == "f" and not np.isfinite(output).all():
+                raise ModelError(
+                    f"Model {self.description.path} produced values that are not finite "
+                    "(NaN or infinity); the part is reported as an error, not judged"
+                )
         return outputs
 
     def interpret(

@@ -17,12 +17,11 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, Literal
 
-import cv2
 import numpy as np
 
 from agent.model import Event, Quality, Sample, Value, now_ms
 from agent.settings import ModbusPoint, OpcUaPoint, StationModel, StationSettings
-from drivers.base import DriverError, LinkState, NotConnected
+from drivers.base import LinkState, NotConnected
 from drivers.camera import CameraUnavailable, Frame
 from inference.session import ModelError
 from inference.vision.adapters import Box, ModelOutput, VisionModel
@@ -153,6 +152,8 @@ class StationStats:
     errors: int = 0
     missed_triggers: int = 0
     write_errors: int = 0
+    skipped_no_camera: int = 0
+    internal_errors: int = 0
     ng_by_class: Counter[str] = field(default_factory=Counter)
     errors_by_code: Counter[str] = field(default_factory=Counter)
     latency_ms: deque[float] = field(default_factory=lambda: deque(maxlen=_LATENCY_WINDOW))
@@ -194,6 +195,7 @@ class Station:
         self._part_point = settings.part_id
         self._trigger_point = settings.trigger.point
         self._ack_point = settings.ack
+        self._counter_point = outputs.counter
         self._plc = plc
         self._levels: dict[str, bool | None] = {}
         self._part_id: Value = None
@@ -207,6 +209,11 @@ class Station:
         self._roi_warned = False
         self._model_failed = False
         self._background: set[asyncio.Task[bool]] = set()
+        # The handshake's writes never interleave: a heartbeat's `ready` cannot land between
+        # an inspection's writes.
+        self._write_lock = asyncio.Lock()
+        self._unwritable: set[str] = set()
+        self._crashed = False
         # One thread per station: its models run one after another, and onnxruntime spreads
         # each run over its own intra-op threads.
         self._executor = concurrent.futures.ThreadPoolExecutor(
@@ -223,8 +230,14 @@ class Station:
         good value sets it without counting as an edge.
         """
         for sample in samples:
-            if sample.point == self._part_point and sample.quality is Quality.GOOD:
-                self._part_id = sample.value
+            if sample.point == self._part_point:
+                # An unreadable part id must not label this part with the previous one's.
+                self._part_id = sample.value if sample.quality is Quality.GOOD else None
+            elif sample.point == self._counter_point and self._counter is None:
+                # Continue from the PLC's value, so that a restarted agent still changes it.
+                value = sample.value
+                if sample.quality is Quality.GOOD and type(value) is int:
+                    self._counter = value
         for sample in samples:
             if sample.point == self._trigger_point and self._rose(sample):
                 self.request("point")
@@ -281,15 +294,29 @@ class Station:
                 if "heartbeat" in self._outputs or "ready" in self._outputs:
                     group.create_task(self._heartbeats())
         finally:
+            for background in self._background:
+                background.cancel()
             self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def _inspections(self) -> None:
+        task = asyncio.current_task()
         while True:
             trigger = await self._queue.get()
             try:
                 await self.inspect(trigger)
+            except Exception:  # a bug must not stop the station, nor the agent with it
+                self.stats.internal_errors += 1
+                if not self._crashed:
+                    self._crashed = True
+                    log.exception(
+                        "Station %s failed on an inspection; it takes the next trigger. "
+                        "Please report this with the traceback below.",
+                        self.name,
+                    )
             finally:
                 self._busy = False
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError
 
     async def _interval(self, interval: float) -> None:
         loop = asyncio.get_running_loop()
@@ -297,16 +324,23 @@ class Station:
         while True:
             await asyncio.sleep(max(0.0, next_tick - loop.time()))
             next_tick += interval
-            self.request("interval")
+            if self.camera.health().state == LinkState.CONNECTED:
+                self.request("interval")
+            else:
+                # Without a camera an interval would publish an error every tick; the camera's
+                # state in health says why nothing is inspected.
+                self.stats.skipped_no_camera += 1
 
     async def _heartbeats(self) -> None:
         while True:
             self._heartbeat = (self._heartbeat + 1) % COUNTER_MODULUS
-            writes: list[tuple[str, Value]] = [("heartbeat", self._heartbeat)]
-            if not self._busy:
-                # Written again every tick: a PLC that restarted has forgotten it.
-                writes.append(("ready", self.ready))
-            await self._write_all(writes)
+            async with self._write_lock:
+                await self._write_locked([("heartbeat", self._heartbeat)])
+                # Decided only now, under the lock: an inspection that began meanwhile has
+                # already written ready=0, which this must not undo. Written again every tick:
+                # a PLC that restarted has forgotten it.
+                if not self._busy:
+                    await self._write_locked([("ready", self.ready)])
             await asyncio.sleep(self.settings.heartbeat_interval)
 
     @property
@@ -320,7 +354,9 @@ class Station:
         """Frame, models, verdict to the PLC; then event, image and statistics."""
         loop = asyncio.get_running_loop()
         # The PLC learns at once that a result is on its way, while the frame is awaited.
-        begin = loop.create_task(self._write_all([("ready", False), ("result_ready", False)]))
+        begin = loop.create_task(self._write_all([("result_ready", False), ("ready", False)]))
+        self._background.add(begin)
+        begin.add_done_callback(self._background.discard)
         done = _Inspection(trigger)
         try:
             done.frame = await self.camera.frame_after(
@@ -339,11 +375,16 @@ class Station:
                 if not self._roi_warned:
                     self._roi_warned = True
                     log.error("Station %s cannot inspect: %s.", self.name, exc)
-            except (ModelError, RuntimeError, ValueError, MemoryError, cv2.error) as exc:
+            except Exception as exc:  # whatever a model or OpenCV raises: this part is an error
                 done.error, done.error_text = ErrorCode.MODEL_FAILED, f"a model failed: {exc}"
                 if not self._model_failed:
                     self._model_failed = True
-                    log.exception("Station %s: a model failed; the part is reported NG.", self.name)
+                    if isinstance(exc, ModelError):
+                        log.error("Station %s: %s; the part is reported NG.", self.name, exc)
+                    else:
+                        log.exception(
+                            "Station %s: a model failed; the part is reported NG.", self.name
+                        )
         await begin
         done.verdict, done.class_id, done.class_name = self._verdict(done.outcome, done.error)
         done.plc_written = await self._write_verdict(done.verdict, done.class_id, done.error)
@@ -407,8 +448,6 @@ class Station:
     async def _write_verdict(self, verdict: Verdict, class_id: int, error: ErrorCode) -> bool:
         """Write the result in the order a PLC can rely on: the verdict, then the counter that
         tells the PLC a new result is there, then result ready and ready."""
-        if "counter" in self._outputs and self._counter is None:
-            self._counter = await self._read_counter()
         self._counter = ((self._counter or 0) + 1) % COUNTER_MODULUS
         writes: list[tuple[str, Value]] = [
             ("ok", verdict == "ok"),
@@ -423,24 +462,16 @@ class Station:
         ]
         return await self._write_all(writes)
 
-    async def _read_counter(self) -> int:
-        """The counter's value in the PLC, so that a restarted agent still changes it."""
-        plc = self._outputs["counter"]
-        try:
-            [sample] = await plc.driver.read([plc.point])
-        except (DriverError, ValueError):
-            return 0
-        value = sample.value
-        if (
-            sample.quality is Quality.GOOD
-            and isinstance(value, int)
-            and not isinstance(value, bool)
-        ):
-            return value
-        return 0
-
     async def _write_all(self, writes: Sequence[tuple[str, Value]]) -> bool:
-        """Write the configured ones of `writes` in order; stop at the first failure."""
+        """Write the configured ones of `writes` in order, as one uninterrupted sequence."""
+        async with self._write_lock:
+            return await self._write_locked(writes)
+
+    async def _write_locked(self, writes: Sequence[tuple[str, Value]]) -> bool:
+        """Write in order (the lock is held). A value the point cannot take is skipped (logged
+        once for that point) and the rest still written; a lost or failing link stops here.
+        True when every write arrived."""
+        written = True
         for name, value in writes:
             plc = self._outputs.get(name)
             if plc is None:
@@ -453,7 +484,24 @@ class Station:
                 # The device task already says (once) that the PLC is unreachable.
                 self.stats.write_errors += 1
                 return False
-            except (DriverError, ValueError) as exc:
+            except ValueError as exc:
+                # This point cannot hold this value (an OPC UA node of too small a type): the
+                # other signals must still reach the PLC.
+                self.stats.write_errors += 1
+                written = False
+                if plc.point.id not in self._unwritable:
+                    self._unwritable.add(plc.point.id)
+                    log.error(
+                        "Station %s cannot write %s=%r to %s on device %s: %s. Give that "
+                        "point a type that can hold it; the other signals are still written.",
+                        self.name,
+                        name,
+                        value,
+                        plc.point.id,
+                        plc.device,
+                        exc,
+                    )
+            except Exception as exc:  # noqa: BLE001 (a refusal, a timeout, what pymodbus raises)
                 self.stats.write_errors += 1
                 if self._write_failing is None:
                     log.error(
@@ -470,7 +518,7 @@ class Station:
         if self._write_failing is not None:
             self._write_failing = None
             log.info("Station %s writes to the PLC again.", self.name)
-        return True
+        return written
 
     # -- after the verdict -----------------------------------------------------------------
 
@@ -586,6 +634,8 @@ class Station:
             "errors_by_code": dict(stats.errors_by_code),
             "missed_triggers": stats.missed_triggers,
             "plc_write_errors": stats.write_errors,
+            "skipped_no_camera": stats.skipped_no_camera,
+            "internal_errors": stats.internal_errors,
             "latency_ms": _percentiles(stats.latency_ms),
             "inference_ms": _percentiles(stats.inference_ms),
             "recent": list(stats.recent),
