@@ -17,6 +17,7 @@ __all__ = [
     "NotConnected",
     "PolledDriver",
     "Unsupported",
+    "WriteRefused",
 ]
 
 PointT_contra = TypeVar("PointT_contra", contravariant=True)
@@ -28,6 +29,11 @@ class DriverError(Exception):
 
 class NotConnected(DriverError):
     """The link to the device is down; the device task goes back to connecting."""
+
+
+class WriteRefused(DriverError):
+    """The device refused a write to one point (address, node, access or type); writes to
+    other points may still work."""
 
 
 class Unsupported(DriverError):

@@ -214,6 +214,9 @@ def make_session(path: Path, threads: int | None = None) -> ort.InferenceSession
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    # onnxruntime's own warnings (an unused initializer...) would go to stderr, unformatted,
+    # into the agent's journal; errors still come back as exceptions.
+    options.log_severity_level = 3
     try:
         return ort.InferenceSession(
             str(path), sess_options=options, providers=["CPUExecutionProvider"]

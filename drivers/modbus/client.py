@@ -21,7 +21,7 @@ from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOEx
 
 from agent.model import Quality, Sample, Value, now_ms
 from agent.settings import ModbusDevice, ModbusPoint
-from drivers.base import DriverError, Health, LinkState, NotConnected, Unsupported
+from drivers.base import DriverError, Health, LinkState, NotConnected, Unsupported, WriteRefused
 from drivers.modbus.codec import (
     byte_permutation,
     decode_string,
@@ -410,7 +410,7 @@ class ModbusDriver:
             expected = registers
         response = await self._request(send, f"write to {point.id}")
         if response.isError():
-            raise Unsupported(
+            raise WriteRefused(
                 f"{self.endpoint} refused the write to {point.id} ({point.protocol_address}): "
                 f"{_exception_text(response)}"
             )

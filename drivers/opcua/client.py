@@ -36,7 +36,7 @@ from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 
 from agent.model import Quality, Sample, Value, now_ms
 from agent.settings import OpcUaDevice, OpcUaPoint
-from drivers.base import DriverError, Health, LinkState, NotConnected, Unsupported
+from drivers.base import DriverError, Health, LinkState, NotConnected, Unsupported, WriteRefused
 from drivers.opcua.security import Pki, SecuritySetupError, prepare_client
 
 __all__ = ["OpcUaDriver", "WriteRefused", "status_name"]
@@ -80,10 +80,6 @@ _INTEGER_RANGES = {
     ua.VariantType.Int64: (-(2**63), 2**63 - 1),
     ua.VariantType.UInt64: (0, 2**64 - 1),
 }
-
-
-class WriteRefused(DriverError):
-    """The server refused a write (not writable, access denied, wrong type...)."""
 
 
 class NodeNotFound(DriverError):

@@ -21,7 +21,7 @@ import numpy as np
 
 from agent.model import Event, Quality, Sample, Value, now_ms
 from agent.settings import ModbusPoint, OpcUaPoint, StationModel, StationSettings
-from drivers.base import LinkState, NotConnected
+from drivers.base import LinkState, NotConnected, Unsupported, WriteRefused
 from drivers.camera import CameraUnavailable, Frame
 from inference.session import ModelError
 from inference.vision.adapters import Box, ModelOutput, VisionModel
@@ -484,16 +484,17 @@ class Station:
                 # The device task already says (once) that the PLC is unreachable.
                 self.stats.write_errors += 1
                 return False
-            except ValueError as exc:
-                # This point cannot hold this value (an OPC UA node of too small a type): the
-                # other signals must still reach the PLC.
+            except (ValueError, WriteRefused, Unsupported) as exc:
+                # This point cannot take this value (a node of too small a type, an address
+                # the PLC does not have): the other signals must still reach the PLC.
                 self.stats.write_errors += 1
                 written = False
                 if plc.point.id not in self._unwritable:
                     self._unwritable.add(plc.point.id)
                     log.error(
-                        "Station %s cannot write %s=%r to %s on device %s: %s. Give that "
-                        "point a type that can hold it; the other signals are still written.",
+                        "Station %s cannot write %s=%r to %s on device %s: %s. The other "
+                        "signals are still written; correct that point in the configuration "
+                        "or the PLC.",
                         self.name,
                         name,
                         value,
@@ -501,7 +502,8 @@ class Station:
                         plc.device,
                         exc,
                     )
-            except Exception as exc:  # noqa: BLE001 (a refusal, a timeout, what pymodbus raises)
+                continue
+            except Exception as exc:  # noqa: BLE001 (a timeout, a lost link, what pymodbus raises)
                 self.stats.write_errors += 1
                 if self._write_failing is None:
                     log.error(
@@ -515,9 +517,12 @@ class Station:
                     )
                 self._write_failing = str(exc)
                 return False
-        if self._write_failing is not None:
-            self._write_failing = None
-            log.info("Station %s writes to the PLC again.", self.name)
+            if self._write_failing is not None:
+                self._write_failing = None
+                log.info("Station %s writes to the PLC again.", self.name)
+            if plc.point.id in self._unwritable:
+                self._unwritable.discard(plc.point.id)
+                log.info("Station %s writes %s to %s again.", self.name, name, plc.point.id)
         return written
 
     # -- after the verdict -----------------------------------------------------------------

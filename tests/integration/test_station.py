@@ -5,6 +5,7 @@ publishes the result; NG images land on disk."""
 from __future__ import annotations
 
 import datetime
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -126,7 +127,6 @@ def station_config(
         broker_port=broker_port,
         devices=[modbus_device("sorter", plc_port, sorter_points(), interval=interval)],
     )
-    import json
 
     document = json.loads(config.read_text())
     document["cameras"] = [{"name": "cam", **camera}]
@@ -404,4 +404,41 @@ def test_inspect_command_starts_an_inspection(
         assert "check" in refusal.body["error"]  # the known stations are listed
     finally:
         commander.close()
+    assert agent.stop() == 0
+
+
+def test_a_write_the_plc_refuses_is_logged_once_and_the_result_still_published(
+    broker, modbus, subscriber_factory, agent_factory, tmp_path
+):
+    model = brightness_classifier(tmp_path / "brightness.onnx")
+    folder = frames_folder(tmp_path / "frames", [220])
+    config = station_config(
+        tmp_path,
+        broker.port,
+        modbus.port,
+        camera={"folder": str(folder)},
+        model=model,
+        trigger={"interval": "300ms"},
+        images={"save": "none"},
+    )
+    document = json.loads(config.read_text())
+    # A register this PLC does not have: it answers "illegal data address".
+    document["devices"][0]["points"].append(
+        {"id": "sorter.missing", "address": "holding:5000", "type": "int16"}
+    )
+    document["stations"][0]["outputs"]["error_code"] = "sorter.missing"
+    config.write_text(json.dumps(document))
+    subscriber = subscriber_factory(broker.port)
+    agent = agent_factory(config)
+    agent.start()
+    subscriber.wait_for(lambda: len(inspection_events(subscriber)) >= 4, 15, "4 results")
+    events = inspection_events(subscriber)
+    assert all(e["data"]["plc_written"] is False for e in events)
+    assert all(e["data"]["verdict"] == "ng" for e in events)
+    # The writes before the refused one arrived; the verdict reached the PLC.
+    assert coil(modbus, "ng") is True
+    assert agent.log().count("cannot write error_code=0 to sorter.missing") == 1
+    station = latest_health(subscriber)["stations"]["check"]
+    assert station["plc_write_errors"] >= 4
+    assert station["internal_errors"] == 0
     assert agent.stop() == 0

@@ -584,3 +584,38 @@ def test_a_sidecar_task_picks_the_family_of_an_ambiguous_model(tmp_path: Path) -
     assert model.family == "classifier" and model.description.primary_output == "scores"
     output, _ = model.infer(_blank())
     assert output.ng and output.class_name == "ng"
+
+
+def test_non_finite_outputs_are_an_error_not_a_verdict(tmp_path: Path) -> None:
+    # fp16 overflow or a broken quantisation gives NaN, which compares below every threshold:
+    # it must not pass a part as OK.
+    for name, value in (("nan", np.nan), ("inf", np.inf)):
+        path = constant_model(
+            tmp_path / f"{name}.onnx",
+            {"scores": np.array([[0.1, value]], dtype=np.float32)},
+            metadata={"task": "classify"},
+        )
+        model = load_vision_model(path)
+        with pytest.raises(ModelError, match="not finite"):
+            model.infer(_blank(64, 64))
+
+
+def test_a_shared_metadata_json_does_not_turn_a_classifier_into_anomalib_v1(
+    tmp_path: Path,
+) -> None:
+    # Models of several families in one folder, an anomalib 1.x one with its metadata.json.
+    metadata_json(
+        tmp_path / "metadata.json",
+        image_threshold=12.0,
+        pixel_threshold=10.0,
+        scores=(-20.0, 30.0),
+        maps=(-25.0, 25.0),
+    )
+    path = constant_model(
+        tmp_path / "classifier.onnx", {"logits": np.array([[0.1, 3.0]], dtype=np.float32)}
+    )
+    model = load_vision_model(path)
+    assert model.family == "classifier"
+    output, _ = model.infer(_blank(64, 64))
+    assert output.ng
+    assert output.score > 0.9
