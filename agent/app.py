@@ -200,6 +200,7 @@ class Agent:
                     height=camera.height,
                     reconnect_max=camera.reconnect_max,
                     open_timeout=camera.timeout,
+                    latency=camera.latency,
                 )
         for settings in config.stations:
             models = []

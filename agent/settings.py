@@ -825,6 +825,9 @@ class CameraSettings(_Strict):
     # Without a frame for this long the camera counts as lost and is opened again.
     timeout: Annotated[Seconds, _duration(0.1, 120)] = 5.0
     reconnect_max: Annotated[Seconds, _duration(0.1, 600)] = 10.0
+    # How long after its capture a frame arrives (a stream's encoder and buffers, often
+    # 100-500 ms for RTSP): an inspection then never takes a frame from before its trigger.
+    latency: Annotated[Seconds, _duration(0, 10)] = 0.0
 
     @model_validator(mode="after")
     def _one_source(self) -> CameraSettings:

@@ -79,6 +79,7 @@ class CaptureCamera(GrabberCamera):
         fps: float | None = None,
         reconnect_max: float = 10.0,
         open_timeout: float = 5.0,
+        latency: float = 0.0,
     ) -> None:
         where = f"video device {source}" if isinstance(source, int) else mask_credentials(source)
         super().__init__(name, where, reconnect_max=reconnect_max)
@@ -87,6 +88,9 @@ class CaptureCamera(GrabberCamera):
         self.height = height
         self.fps = fps
         self.open_timeout = open_timeout
+        # How long after its capture a frame arrives (a stream's encoder and buffers): frames
+        # are stamped that much earlier, so that none taken before a trigger passes as after.
+        self.latency = latency
         # A read blocked inside OpenCV returns after open_timeout (FFmpeg's read timeout).
         self.join_timeout_s = open_timeout + 1.0
 
@@ -187,7 +191,17 @@ class CaptureCamera(GrabberCamera):
             )
             image = fit_size(image, self.width, self.height)
             if in_burst:
-                self._deliver(image, captured=open_started, captured_ms=open_started_ms)
+                self._deliver(
+                    image,
+                    captured=open_started - self.latency,
+                    captured_ms=open_started_ms - round(self.latency * 1000),
+                )
+            elif self.latency:
+                self._deliver(
+                    image,
+                    captured=time.monotonic() - self.latency,
+                    captured_ms=now_ms() - round(self.latency * 1000),
+                )
             else:
                 self._deliver(image)
             delivered += 1

@@ -55,6 +55,7 @@ def open_camera(
     height: int | None = None,
     reconnect_max: float = 10.0,
     open_timeout: float = 5.0,
+    latency: float = 0.0,
 ) -> CameraSource:
     """The source for one camera; does no I/O (call `start()` for that).
 
@@ -64,7 +65,9 @@ def open_camera(
     `fps` is then asked of a device and ignored for a URL. `width` and `height` resize every
     frame (one of them alone keeps the aspect ratio); a device is asked for that size first.
     A camera that sends no frame for `open_timeout` seconds is lost and reopened, with backoff
-    up to `reconnect_max` seconds. Raises InvalidCameraSource for a source of no known kind.
+    up to `reconnect_max` seconds. `latency` (device or URL): how long after its capture a frame
+    arrives; frames are stamped that much earlier. Raises InvalidCameraSource for a source of
+    no known kind.
     """
     for label, value in (
         ("fps", fps),
@@ -107,4 +110,5 @@ def open_camera(
         fps=fps,
         reconnect_max=reconnect_max,
         open_timeout=open_timeout,
+        latency=latency,
     )

@@ -249,6 +249,32 @@ def test_stream_frames_arrive_and_frame_after_waits_for_a_fresh_one(stream):
     assert camera_threads() == []
 
 
+def test_a_stream_with_latency_gives_only_frames_that_arrived_that_much_after_the_trigger(
+    stream,
+):
+    # A camera whose frames arrive 0.25 s after they were taken: a frame that arrives 0.1 s
+    # after the trigger was taken before it and must not be used for it.
+    server, _made = stream
+    camera = open_camera("slow", server.url, latency=0.25)
+
+    async def scenario() -> list[tuple[float, Any, float]]:
+        camera.start()
+        await camera.frame_after(time.monotonic(), 5.0)
+        results = []
+        for _ in range(3):
+            trigger = time.monotonic()
+            frame = await camera.frame_after(trigger, 2.0)
+            results.append((trigger, frame, time.monotonic()))
+        return results
+
+    try:
+        for trigger, frame, returned in run(scenario()):
+            assert frame.monotonic >= trigger
+            assert returned - trigger >= 0.25
+    finally:
+        camera.stop()
+
+
 def test_a_lost_stream_is_logged_once_and_recovers_with_a_reconnect(stream, caplog):
     server, _made = stream
     caplog.set_level(logging.INFO, logger="drivers.camera")
