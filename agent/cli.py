@@ -506,11 +506,11 @@ def _trust(args: argparse.Namespace) -> int:
     return trust_command(config, args.devices, certificate=args.certificate, yes=args.yes)
 
 
-def _load(path: Path) -> Config | None:
+def _load(path: Path, *, check_models: bool = False) -> Config | None:
     from agent.config import ConfigError, load_config
 
     try:
-        return load_config(path)
+        return load_config(path, check_models=check_models)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
@@ -525,7 +525,7 @@ def _count(number: int, noun: str) -> str:
 def _check(args: argparse.Namespace) -> int:
     status = EXIT_OK
     for path in args.config:
-        config = _load(path)
+        config = _load(path, check_models=True)
         if config is None:
             status = EXIT_CONFIG
             continue

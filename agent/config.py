@@ -186,21 +186,23 @@ def _yaml_problem(file: str, exc: MarkedYAMLError) -> ConfigProblem:
     return ConfigProblem(file, line, column, "(yaml)", message)
 
 
-def load_config(path: str | Path) -> Config:
+def load_config(path: str | Path, *, check_models: bool = False) -> Config:
     """Read, validate and cross-check a configuration file.
 
     Relative paths inside it (data directory, secret files) are taken relative to the file.
+    With `check_models`, the stations' models are also loaded and recognised (this imports
+    onnxruntime: `shopfloor check` does it, tools that only read the file do not).
     Raises `ConfigError` with every problem found, never a bare pydantic or YAML exception.
     """
     path = Path(path)
     try:
-        return _load_config(path)
+        return _load_config(path, check_models)
     except RecursionError:
         message = "the file nests lists or mappings too deeply to be a configuration"
         raise ConfigError([ConfigProblem(str(path), 1, 1, "(yaml)", message)]) from None
 
 
-def _load_config(path: Path) -> Config:
+def _load_config(path: Path, check_models: bool) -> Config:
     text = _read_text(path)
     document = _parse_fast(text, str(path))
     if not isinstance(document, dict):
@@ -243,7 +245,36 @@ def _load_config(path: Path) -> Config:
         raise ConfigError(
             sorted(problems, key=lambda p: (p.file != locator.file, p.file, _position(p)))
         )
-    return _resolve_paths(config, path.parent)
+    config = _resolve_paths(config, path.parent)
+    if check_models and config.stations:
+        model_problems = _check_models(config, locator)
+        if model_problems:
+            raise ConfigError(model_problems)
+    return config
+
+
+def _check_models(config: Config, locator: _Locator) -> list[ConfigProblem]:
+    """Load every station model as the agent will, so that a model the agent cannot use is a
+    located problem now rather than a failed start."""
+    try:
+        from inference.session import ModelError
+        from inference.vision.adapters import load_vision_model
+    except ImportError as exc:
+        message = (
+            f"stations need the vision extra, which is not installed ({exc}): "
+            "pip install 'shopfloor-agent[vision]'"
+        )
+        return [locator.problem(("stations",), message, at_key=True)]
+    problems = []
+    for s, station in enumerate(config.stations):
+        for m, model in enumerate(station.models):
+            try:
+                load_vision_model(
+                    model.path, threads=1, threshold=model.threshold, ng_classes=model.ng_classes
+                )
+            except ModelError as exc:
+                problems.append(locator.problem(("stations", s, "models", m, "path"), str(exc)))
+    return problems
 
 
 # No valid configuration nests deeper than about 6 levels; a much deeper one is a mistake, and

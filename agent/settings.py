@@ -931,7 +931,9 @@ class StationSettings(_Strict):
     # How long an inspection waits for a frame taken after its trigger.
     frame_timeout: Annotated[Seconds, _duration(0.01, 60)] = 2.0
     heartbeat_interval: Annotated[Seconds, _duration(0.1, 3600)] = 1.0
-    # The class id written for an NG found only by anomaly models, which have no classes.
+    # The class id written for an OK part (a detector's class 0 is usually a defect: then
+    # choose another), and for an NG found only by anomaly models, which have no classes.
+    ok_class_id: Annotated[int, Field(ge=0, le=32767)] = 0
     anomaly_class_id: Annotated[int, Field(ge=0, le=32767)] = 100
     rois: list[RegionOfInterest] = Field(default_factory=list)
     models: Annotated[list[StationModel], Field(min_length=1)]

@@ -354,7 +354,13 @@ class Station:
         """Frame, models, verdict to the PLC; then event, image and statistics."""
         loop = asyncio.get_running_loop()
         # The PLC learns at once that a result is on its way, while the frame is awaited.
-        begin = loop.create_task(self._write_all([("result_ready", False), ("ready", False)]))
+        # ok and ng go low too: a PLC that reads only them never takes the last part's verdict
+        # for this one's.
+        begin = loop.create_task(
+            self._write_all(
+                [("result_ready", False), ("ready", False), ("ok", False), ("ng", False)]
+            )
+        )
         self._background.add(begin)
         begin.add_done_callback(self._background.discard)
         done = _Inspection(trigger)
@@ -438,7 +444,7 @@ class Station:
             return "error", -1, None
         ng_models = [m for m in outcome.models if m.ng]
         if not ng_models:
-            return "ok", 0, None
+            return "ok", self.settings.ok_class_id, None
         for result in ng_models:
             deciding = result.deciding()
             if deciding is not None and deciding.class_id >= 0:

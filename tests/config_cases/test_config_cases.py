@@ -11,6 +11,7 @@ and compares the result with the case's golden files:
   print exactly this on stderr: one `agent.yaml:LINE:COL: FIELD: MESSAGE` line per problem
   (`profiles/NAME.yaml:LINE:COL: ...` for a problem in a profile file the config uses, after
   those of agent.yaml), then the summary line `N problem(s) found in agent.yaml.`
+  A file of the case named by its absolute path is written `<case>/NAME`.
 * `expected.out`: the config is valid (e.g. `valid_minimal`). The command must exit 0, print
   nothing on stderr, and print exactly this on stdout.
 
@@ -51,7 +52,7 @@ def _case_dirs() -> list[Path]:
 
 
 def _run_check(case: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+    result = subprocess.run(
         [sys.executable, "-m", "agent", "check", CONFIG_NAME],
         cwd=case,
         capture_output=True,
@@ -59,6 +60,11 @@ def _run_check(case: Path) -> subprocess.CompletedProcess[str]:
         timeout=60,
         check=False,
     )
+    # Messages about files name them absolutely (a model file's resolved path): the golden
+    # files hold them as `<case>/...` so that they match wherever the repository lives.
+    result.stdout = result.stdout.replace(f"{case.resolve()}/", "<case>/")
+    result.stderr = result.stderr.replace(f"{case.resolve()}/", "<case>/")
+    return result
 
 
 def _update_golden(case: Path, result: subprocess.CompletedProcess[str]) -> None:
