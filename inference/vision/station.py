@@ -15,7 +15,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 
@@ -453,9 +453,10 @@ class Station:
 
     async def _write_verdict(self, verdict: Verdict, class_id: int, error: ErrorCode) -> bool:
         """Write the result in the order a PLC can rely on: the verdict, then the counter that
-        tells the PLC a new result is there, then result ready and ready."""
+        tells the PLC a new result is there (last of the first phase), then result ready and
+        ready."""
         self._counter = ((self._counter or 0) + 1) % COUNTER_MODULUS
-        writes: list[tuple[str, Value]] = [
+        verdict_writes: list[tuple[str, Value]] = [
             ("ok", verdict == "ok"),
             # An error also asserts NG: a part that could not be inspected must not pass.
             ("ng", verdict != "ok"),
@@ -463,73 +464,123 @@ class Station:
             ("error", verdict == "error"),
             ("error_code", int(error)),
             ("counter", self._counter),
+        ]
+        ready_writes: list[tuple[str, Value]] = [
             ("result_ready", True),
             ("ready", self.camera.health().state == LinkState.CONNECTED),
         ]
-        return await self._write_all(writes)
+        async with self._write_lock:
+            written = await self._write_locked(verdict_writes, last="counter")
+            if written is None:
+                return False
+            return await self._write_locked(ready_writes) is True and written
 
     async def _write_all(self, writes: Sequence[tuple[str, Value]]) -> bool:
-        """Write the configured ones of `writes` in order, as one uninterrupted sequence."""
+        """Write the configured ones of `writes`, as one uninterrupted sequence."""
         async with self._write_lock:
-            return await self._write_locked(writes)
+            return await self._write_locked(writes) is True
 
-    async def _write_locked(self, writes: Sequence[tuple[str, Value]]) -> bool:
-        """Write in order (the lock is held). A value the point cannot take is skipped (logged
-        once for that point) and the rest still written; a lost or failing link stops here.
-        True when every write arrived."""
+    async def _write_locked(
+        self, writes: Sequence[tuple[str, Value]], *, last: str | None = None
+    ) -> bool | None:
+        """Write the configured ones of `writes` (the lock is held). Signals that follow each
+        other in one table of one Modbus device go in one request, which the PLC takes at
+        once; requests keep the order of `writes`, and the one holding `last` goes last.
+
+        True when everything arrived; False when a signal was refused (logged once for that
+        point: the others are still written); None when the link failed and writing stopped.
+        """
+        items = [(name, plc, value) for name, value in writes if (plc := self._outputs.get(name))]
         written = True
-        for name, value in writes:
-            plc = self._outputs.get(name)
-            if plc is None:
-                continue
+        for group in _request_groups(items, last):
+            result = await self._write_group(group)
+            if result is None:
+                return None
+            written = written and result
+        return written
+
+    async def _write_group(self, group: list[_Write]) -> bool | None:
+        if len(group) > 1:
+            first = group[0][1]
+            points = [plc.point for _, plc, _ in group]
+            values = [_plc_value(plc.point, value) for _, plc, value in group]
             try:
-                if plc.driver.health().state != LinkState.CONNECTED:
-                    raise NotConnected(f"device {plc.device} is not connected")
-                await plc.driver.write(plc.point, _plc_value(plc.point, value))
+                if first.driver.health().state != LinkState.CONNECTED:
+                    raise NotConnected(f"device {first.device} is not connected")
+                await first.driver.write_block(points, values)
             except NotConnected:
-                # The device task already says (once) that the PLC is unreachable.
                 self.stats.write_errors += 1
-                return False
-            except (ValueError, WriteRefused, Unsupported) as exc:
-                # This point cannot take this value (a node of too small a type, an address
-                # the PLC does not have): the other signals must still reach the PLC.
-                self.stats.write_errors += 1
-                written = False
-                if plc.point.id not in self._unwritable:
-                    self._unwritable.add(plc.point.id)
-                    log.error(
-                        "Station %s cannot write %s=%r to %s on device %s: %s. The other "
-                        "signals are still written; correct that point in the configuration "
-                        "or the PLC.",
-                        self.name,
-                        name,
-                        value,
-                        plc.point.id,
-                        plc.device,
-                        exc,
-                    )
-                continue
+                return None
+            except (ValueError, WriteRefused, Unsupported):
+                pass  # one of them cannot take its value: written one by one to find which
             except Exception as exc:  # noqa: BLE001 (a timeout, a lost link, what pymodbus raises)
-                self.stats.write_errors += 1
-                if self._write_failing is None:
-                    log.error(
-                        "Station %s cannot write %s to %s on device %s: %s. The PLC does not "
-                        "see results until this works; results are still published.",
-                        self.name,
-                        name,
-                        plc.point.id,
-                        plc.device,
-                        exc,
-                    )
-                self._write_failing = str(exc)
-                return False
-            if self._write_failing is not None:
-                self._write_failing = None
-                log.info("Station %s writes to the PLC again.", self.name)
+                self._link_failed(group[0][0], first, exc)
+                return None
+            else:
+                self._wrote(group)
+                return True
+        written = True
+        for item in group:
+            result = await self._write_one(*item)
+            if result is None:
+                return None
+            written = written and result
+        return written
+
+    async def _write_one(self, name: str, plc: PlcPoint, value: Value) -> bool | None:
+        try:
+            if plc.driver.health().state != LinkState.CONNECTED:
+                raise NotConnected(f"device {plc.device} is not connected")
+            await plc.driver.write(plc.point, _plc_value(plc.point, value))
+        except NotConnected:
+            # The device task already says (once) that the PLC is unreachable.
+            self.stats.write_errors += 1
+            return None
+        except (ValueError, WriteRefused, Unsupported) as exc:
+            # This point cannot take this value (a node of too small a type, an address the
+            # PLC does not have): the other signals must still reach the PLC.
+            self.stats.write_errors += 1
+            if plc.point.id not in self._unwritable:
+                self._unwritable.add(plc.point.id)
+                log.error(
+                    "Station %s cannot write %s=%r to %s on device %s: %s. The other signals "
+                    "are still written; correct that point in the configuration or the PLC.",
+                    self.name,
+                    name,
+                    value,
+                    plc.point.id,
+                    plc.device,
+                    exc,
+                )
+            return False
+        except Exception as exc:  # noqa: BLE001 (a timeout, a lost link, what pymodbus raises)
+            self._link_failed(name, plc, exc)
+            return None
+        self._wrote([(name, plc, value)])
+        return True
+
+    def _link_failed(self, name: str, plc: PlcPoint, exc: Exception) -> None:
+        self.stats.write_errors += 1
+        if self._write_failing is None:
+            log.error(
+                "Station %s cannot write %s to %s on device %s: %s. The PLC does not see "
+                "results until this works; results are still published.",
+                self.name,
+                name,
+                plc.point.id,
+                plc.device,
+                exc,
+            )
+        self._write_failing = str(exc)
+
+    def _wrote(self, group: Sequence[_Write]) -> None:
+        if self._write_failing is not None:
+            self._write_failing = None
+            log.info("Station %s writes to the PLC again.", self.name)
+        for name, plc, _ in group:
             if plc.point.id in self._unwritable:
                 self._unwritable.discard(plc.point.id)
                 log.info("Station %s writes %s to %s again.", self.name, name, plc.point.id)
-        return written
 
     # -- after the verdict -----------------------------------------------------------------
 
@@ -661,6 +712,46 @@ class Station:
         if self.archive is not None:
             report["images"] = _archive_health(self.archive)
         return report
+
+
+_Write = tuple[str, PlcPoint, Value]
+
+
+def _request_groups(items: Sequence[_Write], last: str | None) -> list[list[_Write]]:
+    """`items` cut into write requests: Modbus points that directly follow each other in one
+    table of one device share one (the driver says which may), others go alone. Requests are
+    ordered by their first item in `items`, except that the one holding `last` goes last."""
+    order = {id(item): index for index, item in enumerate(items)}
+    groups: list[list[_Write]] = []
+    blockable = sorted(
+        (item for item in items if _blockable(item[1])),
+        key=lambda item: (
+            item[1].device,
+            cast(ModbusPoint, item[1].point).table,
+            cast(ModbusPoint, item[1].point).register,
+        ),
+    )
+    for item in blockable:
+        previous = groups[-1][-1] if groups else None
+        if (
+            previous is not None
+            and previous[1].device == item[1].device
+            and item[1].driver.can_write_together(previous[1].point, item[1].point)
+        ):
+            groups[-1].append(item)
+        else:
+            groups.append([item])
+    groups.extend([item] for item in items if not _blockable(item[1]))
+
+    def position(group: list[_Write]) -> tuple[bool, int]:
+        holds_last = last is not None and any(name == last for name, _, _ in group)
+        return holds_last, min(order[id(item)] for item in group)
+
+    return sorted(groups, key=position)
+
+
+def _blockable(plc: PlcPoint) -> bool:
+    return isinstance(plc.point, ModbusPoint) and hasattr(plc.driver, "write_block")
 
 
 def _plc_value(point: ModbusPoint | OpcUaPoint, value: Value) -> Value:

@@ -454,3 +454,42 @@ def test_a_unit_its_gateway_cannot_reach_is_silent_and_its_neighbour_keeps_readi
     far_reasons = {s.reason for s in samples if s.point.startswith("far.")}
     assert "unit 5 does not answer (other units on the line do)" in far_reasons
     assert opens == 1
+
+
+def test_adjacent_points_are_written_in_one_request(modbus):
+    points_config = [
+        {"id": "class_id", "address": "holding:0", "type": "int16"},
+        {"id": "error_code", "address": "holding:1", "type": "int16"},
+        {"id": "counter", "address": "holding:2", "type": "uint32"},
+        {"id": "gap", "address": "holding:10", "type": "uint16"},
+        {"id": "ok", "address": "coil:4"},
+        {"id": "ng", "address": "coil:5"},
+    ]
+    single = device(modbus.port, points_config)
+    multiple = device(modbus.port, points_config, write_functions="multiple")
+    p = {point.id: point for point in multiple.points}
+
+    async def scenario() -> None:
+        driver = ModbusDriver(multiple)
+        await driver.connect()
+        try:
+            assert driver.can_write_together(p["class_id"], p["error_code"])
+            assert driver.can_write_together(p["error_code"], p["counter"])
+            assert not driver.can_write_together(p["counter"], p["gap"])
+            assert driver.can_write_together(p["ok"], p["ng"])
+            # FC 15 only where the device says it has it.
+            assert not ModbusDriver(single).can_write_together(p["ok"], p["ng"])
+            requests = driver.health().requests
+            await driver.write_block([p["class_id"], p["error_code"], p["counter"]], [-1, 3, 70000])
+            await driver.write_block([p["ok"], p["ng"]], [False, True])
+            assert driver.health().requests == requests + 2
+            with pytest.raises(ValueError, match="does not directly follow"):
+                await driver.write_block([p["counter"], p["gap"]], [1, 2])
+            with pytest.raises(ValueError, match="not a coil state"):
+                await driver.write_block([p["ok"], p["ng"]], [True, 7])
+        finally:
+            await driver.close()
+
+    run(scenario())
+    assert modbus.get_registers("holding", 0, 4) == [0xFFFF, 3, 1, 70000 - 65536]
+    assert modbus.get_registers("coil", 4, 2) == [False, True]

@@ -120,13 +120,13 @@ def station_config(
     camera: dict[str, Any],
     model: Path,
     interval: str = "20ms",
+    write_functions: str = "single",
     **station: Any,
 ) -> Path:
-    config = write_config(
-        tmp_path,
-        broker_port=broker_port,
-        devices=[modbus_device("sorter", plc_port, sorter_points(), interval=interval)],
+    device = modbus_device(
+        "sorter", plc_port, sorter_points(), interval=interval, write_functions=write_functions
     )
+    config = write_config(tmp_path, broker_port=broker_port, devices=[device])
 
     document = json.loads(config.read_text())
     document["cameras"] = [{"name": "cam", **camera}]
@@ -220,6 +220,8 @@ def test_trigger_to_verdict_in_plc_event_and_ng_image(
         camera={"folder": str(folder)},
         model=model,
         images={"save": "ng", "max_bytes": "1MiB"},
+        # Adjacent coils then go in one FC 15 request, adjacent registers in one FC 16.
+        write_functions="multiple",
     )
     subscriber = subscriber_factory(broker.port)
     agent = agent_factory(config)
