@@ -1014,10 +1014,11 @@ class Config(_Strict):
                 )
                 for device in data["devices"]
             ],
-            # Validated again: they are few, and a vision agent loads numpy and onnxruntime
-            # anyway, next to which pydantic's validators are small.
-            cameras=[CameraSettings.model_validate(c) for c in data.get("cameras", [])],
-            stations=[StationSettings.model_validate(s) for s in data.get("stations", [])],
+            cameras=[
+                CameraSettings.model_construct(**paths(camera, "folder"))
+                for camera in data.get("cameras", [])
+            ],
+            stations=[_station_from_validated(station) for station in data.get("stations", [])],
         )
 
     @model_validator(mode="after")
@@ -1046,6 +1047,28 @@ class Config(_Strict):
     def outbox_path(self) -> Path:
         """The outbox file, resolved against the data directory."""
         return self.agent.data_dir / self.outbox.path
+
+
+def _station_from_validated(station: dict[str, Any]) -> StationSettings:
+    """A StationSettings from its validated JSON, without building pydantic's validators
+    (16 MiB for the station models alone); see `Config.from_validated`."""
+    nested: dict[str, Any] = {
+        "trigger": StationTrigger.model_construct(**station["trigger"]),
+        "models": [
+            StationModel.model_construct(**{**model, "path": Path(model["path"])})
+            for model in station["models"]
+        ],
+    }
+    if "outputs" in station:
+        nested["outputs"] = StationOutputs.model_construct(**station["outputs"])
+    if "rois" in station:
+        nested["rois"] = [RegionOfInterest.model_construct(**roi) for roi in station["rois"]]
+    if "images" in station:
+        images = station["images"]
+        if "directory" in images:
+            images = {**images, "directory": Path(images["directory"])}
+        nested["images"] = StationImages.model_construct(**images)
+    return StationSettings.model_construct(**{**station, **nested})
 
 
 # -- device profiles (config/profiles/*.yaml) -------------------------------------------------

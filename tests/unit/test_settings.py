@@ -173,3 +173,34 @@ def test_points_take_the_device_addressing_unless_they_name_their_own():
         }
     )
     assert [p.protocol_address for p in device.points] == ["holding:0", "holding:1"]
+
+
+@pytest.mark.parametrize("exclude_defaults", [False, True])
+def test_cameras_and_stations_rebuild_identically(tmp_path: Path, exclude_defaults: bool):
+    (tmp_path / "frames").mkdir()
+    (tmp_path / "model.onnx").write_bytes(b"")  # loading the config only checks it exists
+    path = tmp_path / "agent.yaml"
+    path.write_text(
+        "agent: {id: gw}\nmqtt: {host: h}\ndevices:\n"
+        "  - {name: plc, driver: modbus_tcp, host: 10.0.0.2, points: [\n"
+        "      {id: t, address: 'coil:0'}, {id: ok, address: 'coil:1'},\n"
+        "      {id: n, address: 'holding:0', type: int16}]}\n"
+        "cameras:\n"
+        "  - {name: c1, folder: frames, fps: 5}\n"
+        "  - {name: c2, source: 'rtsp://10.0.0.9/s', latency: 200ms, width: 640}\n"
+        "stations:\n"
+        "  - name: s\n    camera: c1\n    trigger: {point: t, command: true}\n"
+        "    outputs: {ok: ok, counter: n}\n"
+        "    rois: [{name: a, x: 1, y: 2, width: 3, height: 4}]\n"
+        "    models: [{path: model.onnx, threshold: 0.7, ng_classes: [x], rois: [a]}]\n"
+        "    images: {save: all, directory: /srv/img, max_bytes: 2MiB, max_age: 1d}\n"
+        "  - {name: t, camera: c2, trigger: {interval: 2s}, models: [{path: model.onnx}]}\n"
+    )
+    config = load_config(path)
+    dumped = config.model_dump_json(exclude_defaults=exclude_defaults)
+    rebuilt = Config.from_validated(json.loads(dumped))
+    assert rebuilt == config
+    assert isinstance(rebuilt.stations[0].models[0].path, Path)
+    assert isinstance(rebuilt.stations[0].images.directory, Path)
+    assert isinstance(rebuilt.cameras[0].folder, Path)
+    assert rebuilt.stations[1].trigger.interval == 2.0
