@@ -11,9 +11,13 @@ file)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +44,8 @@ class ImageFolder:
     def __init__(self, path: Path, describe: str) -> None:
         self.path = path
         self._describe = describe
+        # Read by more than one thread (a read-ahead and a readiness check): one warning each.
+        self._warned_lock = threading.Lock()
         self._warned: set[Path] = set()
 
     def scan(self) -> list[Path] | str:
@@ -75,13 +81,16 @@ class ImageFolder:
         if image is None:
             self._warn(path, "it is not an image OpenCV can decode")
             return None
-        self._warned.discard(path)
+        with self._warned_lock:
+            self._warned.discard(path)
         return image
 
     def _warn(self, path: Path, reason: str) -> None:
-        if path not in self._warned:
+        with self._warned_lock:
+            if path in self._warned:
+                return
             self._warned.add(path)
-            log.warning("The %s skips %s: %s.", self._describe, path.name, reason)
+        log.warning("The %s skips %s: %s.", self._describe, path.name, reason)
 
 
 class FolderReplayCamera(GrabberCamera):
@@ -148,9 +157,80 @@ class _NoImage:
     finished: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class _Cursor:
+    """Where a triggered replay stands: this pass's files, the index of the next one to read and
+    the passes begun."""
+
+    files: tuple[Path, ...] = ()
+    next: int = 0
+    passes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    """What one read gave, with the cursor before and after it, so that a read nobody used can
+    be undone."""
+
+    image: Image | _NoImage
+    before: _Cursor
+    after: _Cursor
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():  # not when its wait was cancelled (timed out) meanwhile
+        waiter.set_result(None)
+
+
+class _Read:
+    """One read of the folder's next image, run in the event loop's worker threads; its outcome
+    can be waited for from any thread or event loop."""
+
+    def __init__(self, read: Callable[[], _Outcome]) -> None:
+        self.future: Future[_Outcome] = Future()
+        self._read = read
+
+    def run(self) -> None:
+        """Do the read (in a worker thread)."""
+        if not self.future.set_running_or_notify_cancel():
+            return
+        try:
+            outcome = self._read()
+        except Exception as exc:  # noqa: BLE001 (a bug: raised to whoever awaits the read)
+            self.future.set_exception(exc)
+        else:
+            self.future.set_result(outcome)
+
+    async def outcome(self) -> _Outcome:
+        """The read's outcome, waiting for it without blocking the event loop (at once if the
+        read is done)."""
+        if not self.future.done():
+            loop = asyncio.get_running_loop()
+            waiter: asyncio.Future[None] = loop.create_future()
+
+            def done(_: Future[_Outcome]) -> None:
+                with contextlib.suppress(RuntimeError):  # that loop has closed: nobody waits
+                    loop.call_soon_threadsafe(_wake, waiter)
+
+            self.future.add_done_callback(done)
+            await waiter
+        return self.future.result()
+
+
 class TriggeredFolderCamera(CameraBase):
     """Gives the folder's next image on every `frame_after` call, in name order, looping if
-    `loop`; no thread of its own (the file is read in a worker thread)."""
+    `loop`.
+
+    The next image is read ahead: after each frame (and at start(), when called in an event
+    loop) one of the event loop's worker threads reads and decodes the one after it, so that a
+    trigger finds it ready. One image at most is read ahead, so a change to the folder shows one
+    image later than it would without; the frame is stamped when `frame_after` hands it out,
+    never when it was decoded. A read that fails is not kept: the next trigger looks at the
+    folder again. No thread of its own: stop() waits for a read in progress.
+    """
+
+    # How long stop() waits for a read in progress; reading from a hung network share may block.
+    join_timeout_s = 2.0
 
     def __init__(
         self,
@@ -169,29 +249,52 @@ class TriggeredFolderCamera(CameraBase):
         self.loop = loop
         self.width = width
         self.height = height
-        self._order_lock = threading.Lock()
-        self._files: list[Path] = []
-        self._next = 0
-        self._passes = 0
+        self._order_lock = threading.Lock()  # one read at a time moves the cursor
+        self._cursor = _Cursor()
+        # Guards _started, _ahead and _reads: stop() may run on another thread than triggers.
+        self._reads_lock = threading.Lock()
         self._started = False
+        self._ahead: _Read | None = None  # the read-ahead nobody has taken yet
+        self._reads: list[_Read] = []  # reads that may still run, for stop() to wait on
         self._last_rescan = 0.0
 
     def start(self) -> None:
-        """Allow frames; the folder is first read at the first `frame_after`."""
-        if not self._started:
+        """Allow frames and read the first image ahead; the camera counts as connected at once
+        if one of the folder's first images can be decoded."""
+        with self._reads_lock:
+            if self._started:
+                return
             self._started = True
-            self._set_running(True)
-            if self._has_readable_image():
-                # Nothing to connect to: a folder with images can serve the first trigger.
-                with self._lock:
-                    self._health.state = LinkState.CONNECTED
-                    self._health.since_ms = now_ms()
+        self._set_running(True)
+        self._read_ahead()
+        if self._has_readable_image():
+            # Nothing to connect to: a folder with images can serve the first trigger.
+            with self._lock:
+                self._health.state = LinkState.CONNECTED
+                self._health.since_ms = now_ms()
 
     def stop(self) -> None:
-        """Refuse frames from now on (the replay position is kept)."""
-        if self._started:
+        """Refuse frames from now on and wait for a read in progress; the image read ahead is
+        dropped and the replay resumes with it after start()."""
+        with self._reads_lock:
+            if not self._started:
+                return
             self._started = False
-            self._set_running(False)
+            ahead, self._ahead = self._ahead, None
+            reads, self._reads = self._reads, []
+        self._set_running(False)
+        if ahead is not None:
+            ahead.future.cancel()  # if no worker thread has begun it (else it is waited for)
+        _done, running = wait_futures([read.future for read in reads], self.join_timeout_s)
+        if ahead is not None:
+            self._drop(ahead)
+        if running:
+            log.warning(
+                "A read of the %s did not end within %g s (the file system is slow to answer); "
+                "it ends on its own when the read returns.",
+                self.describe(),
+                self.join_timeout_s,
+            )
 
     @property
     def running(self) -> bool:
@@ -203,7 +306,7 @@ class TriggeredFolderCamera(CameraBase):
         that a station waiting to be ready sees the images come back without a trigger."""
         if not self._started or self._health.state == LinkState.CONNECTED:
             return
-        if self._passes and not self.loop:
+        if self._cursor.passes and not self.loop:
             return  # a replay that has finished stays finished
         now = time.monotonic()
         if now - self._last_rescan < 1.0:
@@ -243,37 +346,115 @@ class TriggeredFolderCamera(CameraBase):
         try:
             # asyncio.timeout, not wait_for, which can swallow a cancellation on Python 3.11.
             async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-                image = await asyncio.to_thread(self._next_image)
+                image = (await self._next_outcome()).image
         except TimeoutError:
             raise self._unavailable(timeout) from None
         if isinstance(image, _NoImage):
             self._mark_lost(image.reason, finished=image.finished)
             raise CameraUnavailable(f"the {self.describe()} is unavailable: {image.reason}")
-        return self._deliver(fit_size(image, self.width, self.height))
+        frame = self._deliver(image)  # stamped now: the image counts as taken at the trigger
+        self._read_ahead()
+        return frame
 
-    def _next_image(self) -> Image | _NoImage:
-        """The next readable image, or why there is none."""
+    async def _next_outcome(self) -> _Outcome:
+        """The image read ahead if there is one (unless reading it failed), else a fresh read."""
+        with self._reads_lock:
+            read, self._ahead = self._ahead, None
+        if read is not None:
+            outcome = await self._wait_keeping(read)
+            if not isinstance(outcome.image, _NoImage) or outcome.image.finished:
+                return outcome
+            # The folder was unusable when read ahead; look again now, as a trigger would.
+            self._undo(outcome)
+        read = self._start_read()
+        if read is None:
+            raise CameraUnavailable(f"the {self.describe()} is not started")
+        return await self._wait_keeping(read)
+
+    async def _wait_keeping(self, read: _Read) -> _Outcome:
+        """The read's outcome; a read that outlives its trigger (timeout, cancellation) becomes
+        the read-ahead for the next trigger, so that no image is skipped."""
+        try:
+            return await read.outcome()
+        except BaseException:
+            with self._reads_lock:
+                keep = self._started and self._ahead is None
+                if keep:
+                    self._ahead = read
+            if not keep:
+                self._drop(read)
+            raise
+
+    def _read_ahead(self) -> None:
+        """Start reading the next image unless one is read ahead already (or stopped)."""
+        with self._reads_lock:
+            if self._started and self._ahead is None:
+                self._ahead = self._start_read_locked()
+
+    def _start_read(self) -> _Read | None:
+        """A read of the next image, started; None when stopped."""
+        with self._reads_lock:
+            return self._start_read_locked() if self._started else None
+
+    def _start_read_locked(self) -> _Read | None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return None  # start() outside an event loop: the first trigger reads its image
+        read = _Read(self._read_next)
+        # The loop's worker threads, not a thread per read: starting a thread waits until it is
+        # scheduled, which takes milliseconds on a busy machine.
+        loop.run_in_executor(None, read.run)
+        self._reads = [other for other in self._reads if not other.future.done()]
+        self._reads.append(read)
+        return read
+
+    def _drop(self, read: _Read) -> None:
+        """Forget a read nobody will use: once it is done, its image is put back in line."""
+
+        def undo(future: Future[_Outcome]) -> None:
+            if not future.cancelled() and future.exception() is None:
+                self._undo(future.result())
+
+        read.future.add_done_callback(undo)
+
+    def _undo(self, outcome: _Outcome) -> None:
+        """Move the cursor back to before that read, if no other read moved it since."""
         with self._order_lock:
-            skipped = 0
-            while True:
-                if self._next >= len(self._files):
-                    if self._passes and not self.loop:
-                        return _NoImage(
-                            f"all {len(self._files)} images were replayed (loop is off)",
-                            finished=True,
-                        )
-                    files = self.folder.scan()
-                    if isinstance(files, str):
-                        return _NoImage(files)
-                    self._files, self._next = files, 0
-                    self._passes += 1
-                path = self._files[self._next]
-                self._next += 1
-                image = self.folder.read(path)
-                if image is not None:
-                    return image
-                skipped += 1
-                if skipped >= len(self._files):
-                    return _NoImage(
-                        f"none of the {len(self._files)} images in {self.folder.path} can be read"
-                    )
+            if self._cursor is outcome.after:
+                self._cursor = outcome.before
+
+    def _read_next(self) -> _Outcome:
+        """Read the next readable image, fitted to the configured size, and move the cursor past
+        it; or say why there is none. Runs in a worker thread."""
+        with self._order_lock:
+            before = self._cursor
+            image, after = self._advance(before)
+            self._cursor = after
+        if not isinstance(image, _NoImage):
+            image = fit_size(image, self.width, self.height)
+        return _Outcome(image, before, after)
+
+    def _advance(self, cursor: _Cursor) -> tuple[Image | _NoImage, _Cursor]:
+        """The next readable image from `cursor` on (the folder read again at the end of a
+        pass), and the cursor after it."""
+        files, index, passes = cursor.files, cursor.next, cursor.passes
+        skipped = 0
+        while True:
+            if index >= len(files):
+                if passes and not self.loop:
+                    reason = f"all {len(files)} images were replayed (loop is off)"
+                    return _NoImage(reason, finished=True), _Cursor(files, index, passes)
+                scanned = self.folder.scan()
+                if isinstance(scanned, str):
+                    return _NoImage(scanned), _Cursor(files, index, passes)
+                files, index, passes = tuple(scanned), 0, passes + 1
+            path = files[index]
+            index += 1
+            image = self.folder.read(path)
+            if image is not None:
+                return image, _Cursor(files, index, passes)
+            skipped += 1
+            if skipped >= len(files):
+                reason = f"none of the {len(files)} images in {self.folder.path} can be read"
+                return _NoImage(reason), _Cursor(files, index, passes)

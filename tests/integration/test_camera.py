@@ -7,6 +7,7 @@ import asyncio
 import itertools
 import logging
 import socket
+import sys
 import threading
 import time
 import urllib.error
@@ -19,6 +20,7 @@ import cv2
 import numpy as np
 import pytest
 
+import drivers.camera.folder
 from drivers.base import LinkState
 from drivers.camera import CameraUnavailable, InvalidCameraSource, open_camera
 from drivers.simulate.broker import free_port
@@ -187,6 +189,170 @@ def test_a_folder_without_readable_images_makes_the_camera_unavailable(tmp_path,
     assert len(camera_records(caplog, logging.WARNING, "'missing'")) == 1
     # One warning for the file, one for the camera; not one per call.
     assert len(camera_records(caplog, logging.WARNING, "'broken'")) == 2
+
+
+async def read_ahead(camera: Any, within: float = 5.0) -> None:
+    """Wait until a triggered folder camera holds its next image, read ahead (its private
+    read-ahead is watched, so that no test has to guess how long a decode takes)."""
+    deadline = time.monotonic() + within
+    while not (camera._ahead is not None and camera._ahead.future.done()):
+        assert time.monotonic() < deadline, f"no image read ahead within {within} s"
+        await asyncio.sleep(0.002)
+
+
+def reading_threads() -> list[int]:
+    """The threads that are reading a folder camera's image now (any, not only the caller)."""
+    folder_code = Path(drivers.camera.folder.__file__).resolve()
+    reading = []
+    for thread_id, top in sys._current_frames().items():
+        frame = top
+        while frame is not None:
+            code = frame.f_code
+            if code.co_name == "_read_next" and Path(code.co_filename).resolve() == folder_code:
+                reading.append(thread_id)
+                break
+            frame = frame.f_back
+    return reading
+
+
+def large_noise_jpegs(folder: Path, count: int) -> list[np.ndarray]:
+    """`count` 1920x1080 JPEGs of noise (slow to decode: about 2.4 MB each); their images."""
+    rng = np.random.default_rng(7)
+    images = []
+    for index in range(count):
+        path = folder / f"large_{index}.jpg"
+        assert cv2.imwrite(str(path), rng.integers(0, 256, (1080, 1920, 3), dtype=np.uint8))
+        images.append(cv2.imread(str(path)))
+    return images
+
+
+def test_the_next_image_is_read_ahead_so_a_trigger_does_not_wait_for_its_decode(tmp_path):
+    expected = large_noise_jpegs(tmp_path, 3)
+    data = np.frombuffer((tmp_path / "large_0.jpg").read_bytes(), np.uint8)
+    decode_s = []
+    for _ in range(3):
+        started = time.perf_counter()
+        cv2.imdecode(data, cv2.IMREAD_COLOR)
+        decode_s.append(time.perf_counter() - started)
+    camera = open_camera("ahead", 0, folder=tmp_path)
+
+    async def scenario() -> tuple[Any, list[tuple[float, float, Any]]]:
+        camera.start()
+        first = await camera.frame_after(time.monotonic(), 5.0)
+        triggers = []
+        for _ in range(4):
+            await read_ahead(camera)  # the model's time: the next image is decoded meanwhile
+            trigger = time.monotonic()
+            started = time.perf_counter()
+            frame = await camera.frame_after(trigger, 5.0)
+            triggers.append((time.perf_counter() - started, trigger, frame))
+        return first, triggers
+
+    try:
+        first, triggers = run(scenario())
+    finally:
+        camera.stop()
+    frames = [first] + [frame for _, _, frame in triggers]
+    for frame, index in zip(frames, [0, 1, 2, 0, 1], strict=True):
+        assert np.array_equal(frame.image, expected[index])
+    # A trigger finds its image decoded: the best of four took a small part of the fastest
+    # decode (slack for a busy machine; without the read-ahead each would take longer).
+    fastest = min(took for took, _, _ in triggers)
+    assert fastest < min(decode_s) / 4, (fastest, decode_s)
+    # Stamped when handed out, not when decoded (before the trigger): it counts as taken after.
+    assert all(frame.monotonic >= trigger for _, trigger, frame in triggers)
+    assert [frame.seq for frame in frames] == [1, 2, 3, 4, 5]
+
+
+def test_read_ahead_keeps_the_order_and_shows_a_change_to_the_folder_one_image_late(
+    tmp_path, caplog
+):
+    write_images(tmp_path, {"a.png": 1, "b.png": 2, "c.png": 3})
+    camera = open_camera("changes", 0, folder=tmp_path)
+
+    async def next_number() -> int:
+        await read_ahead(camera)
+        return number_of((await camera.frame_after(time.monotonic(), 1.0)).image)
+
+    async def scenario() -> list[int]:
+        camera.start()
+        numbers = [await next_number()]  # a; b is read ahead
+        await read_ahead(camera)
+        (tmp_path / "b.png").unlink()  # after it was read ahead: it still comes, once
+        write_images(tmp_path, {"b2.png": 4})  # during the pass: it comes in the next one
+        numbers += [await next_number() for _ in range(6)]
+        return numbers
+
+    try:
+        assert run(scenario()) == [1, 2, 3, 1, 4, 3, 1]
+    finally:
+        camera.stop()
+    assert not camera_records(caplog, logging.WARNING, "")
+
+
+def test_a_read_ahead_that_found_no_image_is_not_kept_the_trigger_looks_again(tmp_path, caplog):
+    write_images(tmp_path, {"a.png": 1})
+    camera = open_camera("emptied", 0, folder=tmp_path)
+
+    async def scenario() -> None:
+        camera.start()
+        assert number_of((await camera.frame_after(0.0, 1.0)).image) == 1
+        await read_ahead(camera)  # a again (looping)
+        (tmp_path / "a.png").unlink()
+        assert number_of((await camera.frame_after(0.0, 1.0)).image) == 1  # one image late
+        await read_ahead(camera)  # finds the folder empty
+        write_images(tmp_path, {"b.png": 2})
+        assert number_of((await camera.frame_after(0.0, 1.0)).image) == 2  # not that failure
+        await read_ahead(camera)
+        (tmp_path / "b.png").unlink()
+        assert number_of((await camera.frame_after(0.0, 1.0)).image) == 2
+        await read_ahead(camera)  # finds the folder empty again; so does the trigger
+        with pytest.raises(CameraUnavailable, match="holds no images"):
+            await camera.frame_after(0.0, 1.0)
+        health = camera.health()
+        assert health.state == LinkState.DISCONNECTED
+        assert "holds no images" in (health.last_error or "")
+        write_images(tmp_path, {"c.png": 3})
+        assert number_of((await camera.frame_after(0.0, 1.0)).image) == 3
+        assert camera.health().state == LinkState.CONNECTED
+
+    caplog.set_level(logging.INFO, logger="drivers.camera")
+    try:
+        run(scenario())
+    finally:
+        camera.stop()
+    assert len(camera_records(caplog, logging.WARNING, "is lost: the folder")) == 1
+    assert len(camera_records(caplog, logging.INFO, "delivers")) == 1  # the recovery, once
+
+
+def test_stop_during_a_read_ahead_waits_for_it_and_start_resumes_with_that_image(tmp_path):
+    expected = large_noise_jpegs(tmp_path, 3)
+    camera = open_camera("halt", 0, folder=tmp_path)
+
+    async def scenario() -> list[Any]:
+        camera.start()
+        frames = [await camera.frame_after(time.monotonic(), 5.0)]
+        # large_1 is being read ahead now (a decode of tens of milliseconds): catch it at it.
+        deadline = time.monotonic() + 2.0
+        while not reading_threads():
+            assert time.monotonic() < deadline, "no read ahead seen in progress"
+            await asyncio.sleep(0.0005)
+        camera.stop()
+        assert reading_threads() == []  # stop() waited for the read
+        assert camera_threads() == []
+        with pytest.raises(CameraUnavailable, match="not started"):
+            await camera.frame_after(time.monotonic(), 1.0)
+        camera.start()
+        frames += [await camera.frame_after(time.monotonic(), 5.0) for _ in range(3)]
+        camera.stop()
+        assert reading_threads() == []
+        return frames
+
+    frames = run(scenario())
+    # The image read ahead when stopped was put back in line, not skipped.
+    for frame, index in zip(frames, [0, 1, 2, 0], strict=True):
+        assert np.array_equal(frame.image, expected[index])
+    assert camera_threads() == []
 
 
 def test_a_folder_at_fps_plays_on_its_own_and_a_slow_reader_gets_the_newest(tmp_path):
