@@ -121,12 +121,15 @@ def prepare(
     pixels = _in_color_order(resized, description.color)
     scale = np.float32(description.scale)
     std = np.asarray(description.std, dtype=np.float32)
-    factor = scale / std
-    offset = np.asarray(description.mean, dtype=np.float32) / std
-    tensor = pixels.astype(np.float32)
-    tensor *= factor
-    tensor -= offset
-    return np.ascontiguousarray(tensor.transpose(2, 0, 1)[np.newaxis]), placement
+    factor = (scale / std)[:, np.newaxis, np.newaxis]
+    offset = (np.asarray(description.mean, dtype=np.float32) / std)[:, np.newaxis, np.newaxis]
+    # Channels first, then scaled per channel plane: numpy broadcasting over a trailing axis
+    # of 3 is several times slower (0.3 ms against 0.05 ms at 224 x 224).
+    tensor = np.empty((1, pixels.shape[2], *pixels.shape[:2]), dtype=np.float32)
+    tensor[0] = pixels.transpose(2, 0, 1)
+    tensor[0] *= factor
+    tensor[0] -= offset
+    return tensor, placement
 
 
 def _in_color_order(image: npt.NDArray[np.uint8], color: str) -> npt.NDArray[np.uint8]:
