@@ -27,8 +27,8 @@ demo: install
 	$(BIN)/shopfloor demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check agent drivers inference tests bench
-	$(BIN)/ruff format --check agent drivers inference tests bench
+	$(BIN)/ruff check agent drivers inference tests bench tools
+	$(BIN)/ruff format --check agent drivers inference tests bench tools
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -45,6 +45,7 @@ bench: install
 	$(BIN)/python -m bench.opcua_subscribe --check --duration 60 --rounds 2
 	$(BIN)/python -m bench.outbox_io --check --duration 30
 	$(BIN)/python -m bench.drain --check --rounds 3
+	$(BIN)/python -m bench.station --check
 
 # The 30-minute soak at 1,000 samples/s (RSS growth, every sample delivered); not in `bench`.
 soak: install
