@@ -152,6 +152,8 @@ def test_triggered_folder_without_loop_stops_after_the_last_image(tmp_path, capl
     assert camera.health().state == LinkState.DISCONNECTED
     assert len(camera_records(caplog, logging.INFO, "stops")) == 1  # an end, not a fault
     assert not camera_records(caplog, logging.WARNING, "")
+    camera.stop()
+    assert camera_threads() == []  # its reader thread ends with it
 
 
 def test_an_unreadable_image_is_skipped_with_one_warning(tmp_path, caplog):
@@ -168,6 +170,7 @@ def test_an_unreadable_image_is_skipped_with_one_warning(tmp_path, caplog):
     assert len(warnings) == 1, warnings
     assert "skips b.png" in warnings[0]
     assert camera.health().state == LinkState.CONNECTED
+    camera.stop()
 
 
 def test_a_folder_without_readable_images_makes_the_camera_unavailable(tmp_path, caplog):
@@ -186,6 +189,8 @@ def test_a_folder_without_readable_images_makes_the_camera_unavailable(tmp_path,
             assert reason in (camera.health().last_error or "")
 
     run(scenario())
+    missing.stop()
+    broken.stop()
     assert len(camera_records(caplog, logging.WARNING, "'missing'")) == 1
     # One warning for the file, one for the camera; not one per call.
     assert len(camera_records(caplog, logging.WARNING, "'broken'")) == 2
