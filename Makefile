@@ -45,7 +45,7 @@ bench: install
 	$(BIN)/python -m bench.opcua_subscribe --check --duration 60 --rounds 2
 	$(BIN)/python -m bench.outbox_io --check --duration 30
 	$(BIN)/python -m bench.drain --check --rounds 3
-	$(BIN)/python -m bench.station --check
+	$(BIN)/python -m bench.station --check --reference pipeline
 
 # The 30-minute soak at 1,000 samples/s (RSS growth, every sample delivered); not in `bench`.
 soak: install
