@@ -13,6 +13,7 @@ import os
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +36,27 @@ class Window:
     latency: Counter[int] = field(default_factory=Counter)
 
 
+def subscribed_client(
+    port: int, topic: str, name: str, on_message: Callable[..., None]
+) -> mqtt.Client:
+    """A paho client of 127.0.0.1:`port` subscribed to `topic` (QoS 1), its network loop
+    running, handing every message to `on_message`; raises RuntimeError naming `name` if it
+    could not subscribe within 10 s."""
+    subscribed = threading.Event()
+    client_id = f"bench-{name.replace(' ', '-')}-{os.getpid()}"
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
+    client.on_connect = lambda connected, *_: connected.subscribe(topic, qos=1)
+    client.on_subscribe = lambda *_: subscribed.set()
+    client.on_message = on_message
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    if not subscribed.wait(10):
+        client.disconnect()
+        client.loop_stop()
+        raise RuntimeError(f"the {name} could not subscribe on port {port}")
+    return client
+
+
 class Subscriber:
     """Counts the metric messages of one publisher as they arrive at the broker, in a window.
 
@@ -45,24 +67,13 @@ class Subscriber:
 
     def __init__(self, port: int, topic: str, *, track_values: bool = False) -> None:
         self._lock = threading.Lock()
-        self._subscribed = threading.Event()
         self._first = threading.Event()
         self.first_arrival: float | None = None  # time.monotonic()
         self._window: Window | None = None
         self._track_values = track_values
         self._points_by_ts: dict[int, set[str]] = {}
         self.errors = 0
-        self._client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=f"bench-sub-{os.getpid()}"
-        )
-        self._client.on_connect = lambda client, *_: client.subscribe(topic, qos=1)
-        self._client.on_subscribe = lambda *_: self._subscribed.set()
-        self._client.on_message = self._on_message
-        self._client.connect("127.0.0.1", port)
-        self._client.loop_start()
-        if not self._subscribed.wait(10):
-            self.close()
-            raise RuntimeError(f"the subscriber could not subscribe on port {port}")
+        self._client = subscribed_client(port, topic, "subscriber", self._on_message)
 
     def close(self) -> None:
         self._client.disconnect()

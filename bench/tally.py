@@ -19,7 +19,6 @@ records in C (`bytes.count`):
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 import time
@@ -29,7 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+
+from bench.subscriber import subscribed_client
 
 __all__ = ["Tally", "TopicTally"]
 
@@ -70,7 +70,6 @@ class Tally:
         on_first: Callable[[], object] | None = None,
     ) -> None:
         self._lock = threading.Lock()
-        self._subscribed = threading.Event()
         self.done = threading.Event()  # set once `done_topic` has `done_records` records
         self._done_topic = done_topic
         self._done_records = done_records
@@ -80,17 +79,7 @@ class Tally:
         self.topics: dict[str, TopicTally] = {}
         self.other_messages = 0
         self.unreadable = 0
-        self._client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=f"bench-tally-{os.getpid()}"
-        )
-        self._client.on_connect = lambda client, *_: client.subscribe(topic, qos=1)
-        self._client.on_subscribe = lambda *_: self._subscribed.set()
-        self._client.on_message = self._on_message
-        self._client.connect("127.0.0.1", port)
-        self._client.loop_start()
-        if not self._subscribed.wait(10):
-            self.close()
-            raise RuntimeError(f"the tally could not subscribe on port {port}")
+        self._client = subscribed_client(port, topic, "tally", self._on_message)
 
     def close(self) -> None:
         self._client.disconnect()

@@ -15,7 +15,6 @@ the agent's inspection events.
 from __future__ import annotations
 
 import json
-import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -25,8 +24,8 @@ import numpy as np
 import onnx
 import paho.mqtt.client as mqtt
 from onnx import TensorProto, helper
-from paho.mqtt.enums import CallbackAPIVersion
 
+from bench.subscriber import subscribed_client
 from drivers.simulate.parts import DEFECTS, make_part
 
 __all__ = ["FRAME_SIZE", "EventCollector", "resnet18_classifier", "washer_frames"]
@@ -174,19 +173,8 @@ class EventCollector:
     def __init__(self, port: int, topic: str) -> None:
         self._lock = threading.Lock()
         self._events: list[dict[str, Any]] = []
-        self._subscribed = threading.Event()
         self.unreadable = 0
-        self._client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=f"bench-events-{os.getpid()}"
-        )
-        self._client.on_connect = lambda client, *_: client.subscribe(topic, qos=1)
-        self._client.on_subscribe = lambda *_: self._subscribed.set()
-        self._client.on_message = self._on_message
-        self._client.connect("127.0.0.1", port)
-        self._client.loop_start()
-        if not self._subscribed.wait(10):
-            self.close()
-            raise RuntimeError(f"the event collector could not subscribe on port {port}")
+        self._client = subscribed_client(port, topic, "event collector", self._on_message)
 
     def close(self) -> None:
         self._client.disconnect()
