@@ -715,17 +715,7 @@ def _check_vision(
     for c, camera in enumerate(cameras if isinstance(cameras, list) else []):
         if not isinstance(camera, dict):
             continue
-        name = camera.get("name")
-        if isinstance(name, str):
-            if name in camera_names:
-                problems.append(
-                    locator.problem(
-                        ("cameras", c, "name"),
-                        f"camera name '{name}' is already used by "
-                        f"{_where(camera_names[name], locator)}",
-                    )
-                )
-            camera_names.setdefault(name, ("cameras", c, "name"))
+        problems.extend(_name_taken(camera, ("cameras", c, "name"), camera_names, locator))
         missing = _missing(base, camera.get("folder"), "folder")
         if missing:
             problems.append(locator.problem(("cameras", c, "folder"), missing))
@@ -734,17 +724,7 @@ def _check_vision(
     for s, station in enumerate(stations if isinstance(stations, list) else []):
         if not isinstance(station, dict):
             continue
-        name = station.get("name")
-        if isinstance(name, str):
-            if name in station_names:
-                problems.append(
-                    locator.problem(
-                        ("stations", s, "name"),
-                        f"station name '{name}' is already used by "
-                        f"{_where(station_names[name], locator)}",
-                    )
-                )
-            station_names.setdefault(name, ("stations", s, "name"))
+        problems.extend(_name_taken(station, ("stations", s, "name"), station_names, locator))
         camera = station.get("camera")
         if isinstance(camera, str) and camera not in camera_names:
             known = ", ".join(camera_names) or "none is configured under cameras:"
@@ -802,6 +782,22 @@ def _missing(base: Path, value: object, kind: str) -> str | None:
     except OSError as exc:  # a name too long, a directory the agent may not enter
         return f"{kind} {shown} cannot be checked: {exc.strerror or exc}"
     return None if exists else f"{kind} {shown} does not exist"
+
+
+def _name_taken(
+    entry: dict[str, Any], loc: Loc, names: dict[str, Loc], locator: _Locator
+) -> list[ConfigProblem]:
+    """A problem if the camera's or station's name at `loc` is already in `names` (which it
+    then joins); `loc` is (section, index, "name")."""
+    name = entry.get("name")
+    if not isinstance(name, str):
+        return []
+    if name in names:
+        kind = str(loc[0]).removesuffix("s")
+        message = f"{kind} name '{name}' is already used by {_where(names[name], locator)}"
+        return [locator.problem(loc, message)]
+    names[name] = loc
+    return []
 
 
 def _unwritable(document: dict[str, Any], owner: Loc, output: str) -> str | None:

@@ -161,6 +161,14 @@ def station_config(
     return config
 
 
+def start(config: Path, broker: Any, subscriber_factory: Any, agent_factory: Any) -> Any:
+    """A subscriber to everything, then the agent with `config`, started."""
+    subscriber = subscriber_factory(broker.port)
+    agent = agent_factory(config)
+    agent.start()
+    return subscriber, agent
+
+
 def coil(plc: Any, name: str) -> bool:
     return bool(plc.get_registers("coil", COILS[name], 1)[0])
 
@@ -223,9 +231,7 @@ def test_trigger_to_verdict_in_plc_event_and_ng_image(
         # Adjacent coils then go in one FC 15 request, adjacent registers in one FC 16.
         write_functions="multiple",
     )
-    subscriber = subscriber_factory(broker.port)
-    agent = agent_factory(config)
-    agent.start()
+    subscriber, agent = start(config, broker, subscriber_factory, agent_factory)
     # The station tells the PLC it is alive and ready before any part comes.
     wait(lambda: register(modbus, "heartbeat") >= 2, 20, "the station's heartbeat")
     wait(lambda: coil(modbus, "ready"), 5, "ready")
@@ -305,9 +311,7 @@ def test_triggers_faster_than_inference_are_counted_as_missed(
     )
     config_text = config.read_text().replace('"path"', '"threads": 1, "path"')
     config.write_text(config_text)
-    subscriber = subscriber_factory(broker.port)
-    agent = agent_factory(config)
-    agent.start()
+    subscriber, agent = start(config, broker, subscriber_factory, agent_factory)
     wait(lambda: coil(modbus, "ready"), 20, "ready")
     duration = inspect_part(modbus, 1)
     assert duration > 0.3, f"the slow model took only {duration:.3f} s; make it slower"
@@ -348,9 +352,7 @@ def test_lost_camera_answers_error_and_ng(
         camera={"source": f"http://127.0.0.1:{free_port()}/stream.mjpg", "timeout": "1s"},
         model=model,
     )
-    subscriber = subscriber_factory(broker.port)
-    agent = agent_factory(config)
-    agent.start()
+    subscriber, agent = start(config, broker, subscriber_factory, agent_factory)
     wait(lambda: register(modbus, "heartbeat") >= 2, 20, "the station's heartbeat")
     # Without a camera the station is alive but not ready.
     assert coil(modbus, "ready") is False
@@ -383,9 +385,7 @@ def test_inspect_command_starts_an_inspection(
         model=model,
         trigger={"point": "sorter.trigger", "command": True},
     )
-    subscriber = subscriber_factory(broker.port)
-    agent = agent_factory(config)
-    agent.start()
+    subscriber, agent = start(config, broker, subscriber_factory, agent_factory)
     commander = Commander(broker.port)
     try:
         commander.wait_ready()
@@ -430,9 +430,7 @@ def test_a_write_the_plc_refuses_is_logged_once_and_the_result_still_published(
     )
     document["stations"][0]["outputs"]["error_code"] = "sorter.missing"
     config.write_text(json.dumps(document))
-    subscriber = subscriber_factory(broker.port)
-    agent = agent_factory(config)
-    agent.start()
+    subscriber, agent = start(config, broker, subscriber_factory, agent_factory)
     subscriber.wait_for(lambda: len(inspection_events(subscriber)) >= 4, 15, "4 results")
     events = inspection_events(subscriber)
     assert all(e["data"]["plc_written"] is False for e in events)
