@@ -442,3 +442,96 @@ def test_a_write_the_plc_refuses_is_logged_once_and_the_result_still_published(
     assert station["plc_write_errors"] >= 4
     assert station["internal_errors"] == 0
     assert agent.stop() == 0
+
+
+def test_regions_of_interest_several_models_and_sampled_ok_images(
+    broker, modbus, subscriber_factory, agent_factory, tmp_path
+):
+    model = brightness_classifier(tmp_path / "brightness.onnx")
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    # Left half dark, right half bright: only a model that looks at the right half sees NG.
+    frame = np.full((48, 64, 3), 30, dtype=np.uint8)
+    frame[:, 32:] = 230
+    cv2.imwrite(str(folder / "000.png"), frame)
+    cv2.imwrite(str(folder / "001.png"), np.full((48, 64, 3), 30, dtype=np.uint8))
+    config = station_config(
+        tmp_path,
+        broker.port,
+        modbus.port,
+        camera={"folder": str(folder)},
+        model=model,
+        rois=[
+            {"name": "left", "x": 0, "y": 0, "width": 32, "height": 48},
+            {"name": "right", "x": 32, "y": 0, "width": 32, "height": 48},
+        ],
+        images={"save": "ng", "ok_sample_every": 1},
+    )
+    document = json.loads(config.read_text())
+    document["stations"][0]["models"] = [
+        {"path": str(model), "name": "left-eye", "rois": ["left"]},
+        {"path": str(model), "name": "both-eyes", "threshold": 0.9},
+    ]
+    config.write_text(json.dumps(document))
+    subscriber, agent = start(config, broker, subscriber_factory, agent_factory)
+    wait(lambda: coil(modbus, "ready"), 20, "ready")
+    inspect_part(modbus, 1)
+    assert coil(modbus, "ng") is True
+    inspect_part(modbus, 2)
+    assert coil(modbus, "ok") is True
+    subscriber.wait_for(lambda: len(inspection_events(subscriber)) == 2, 10, "2 results")
+    first, second = (event["data"] for event in inspection_events(subscriber))
+    left_eye, both_eyes = first["models"]
+    assert left_eye["name"] == "left-eye"
+    assert [r["roi"] for r in left_eye["rois"]] == ["left"]
+    assert left_eye["verdict"] == "ok"
+    assert [(r["roi"], r["verdict"]) for r in both_eyes["rois"]] == [
+        ("left", "ok"),
+        ("right", "ng"),
+    ]
+    assert first["verdict"] == "ng"
+    assert first["class"] == "bright"
+    assert second["verdict"] == "ok"
+    # The NG image and, with ok_sample_every: 1, the OK one.
+    wait(lambda: len(list((tmp_path / "data").rglob("*.jpg"))) == 2, 5, "both images")
+    names = sorted(path.name.split("_", 1)[1] for path in (tmp_path / "data").rglob("*.jpg"))
+    assert names == ["1_ng.jpg", "2_ok.jpg"]
+    assert agent.stop() == 0
+
+
+def test_the_shipped_washer_models_judge_generated_parts_in_a_station(
+    broker, modbus, subscriber_factory, agent_factory, tmp_path
+):
+    from drivers.simulate.parts import make_part
+    from inference.models import WASHER_ANOMALY, WASHER_CLASSIFIER
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    rng = np.random.default_rng(4242)
+    labels = ["ok", "spot", "ok", "chip", "scratch"]
+    for index, label in enumerate(labels):
+        cv2.imwrite(str(folder / f"{index:03d}.png"), make_part(rng, label))
+    config = station_config(
+        tmp_path,
+        broker.port,
+        modbus.port,
+        camera={"folder": str(folder)},
+        model=WASHER_CLASSIFIER,
+        images={"save": "ng"},
+    )
+    document = json.loads(config.read_text())
+    document["stations"][0]["models"].append({"path": str(WASHER_ANOMALY)})
+    config.write_text(json.dumps(document))
+    subscriber, agent = start(config, broker, subscriber_factory, agent_factory)
+    wait(lambda: coil(modbus, "ready"), 20, "ready")
+    for part_id in range(1, len(labels) + 1):
+        inspect_part(modbus, part_id)
+    subscriber.wait_for(lambda: len(inspection_events(subscriber)) == 5, 10, "5 results")
+    events = [event["data"] for event in inspection_events(subscriber)]
+    assert [e["verdict"] for e in events] == ["ok" if x == "ok" else "ng" for x in labels]
+    # The class comes from the classifier, the first model that names classes.
+    assert [e["class"] for e in events if e["verdict"] == "ng"] == ["spot", "chip", "scratch"]
+    families = [m["family"] for m in events[0]["models"]]
+    assert families == ["classifier", "anomalib_v2"]
+    wait(lambda: len(list((tmp_path / "data").rglob("*.jpg"))) == 3, 5, "3 NG images")
+    assert agent.stop() == 0
