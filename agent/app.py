@@ -212,9 +212,6 @@ class Agent:
                         threshold=model.threshold,
                         ng_classes=model.ng_classes,
                     )
-                except ModelError as exc:
-                    raise StartupError(f"station {settings.name}: {exc}") from exc
-                try:
                     # The first run allocates: it should not be a part's, and a model that
                     # loads but cannot run should stop the start, not fail the first part.
                     loaded.warm_up()
