@@ -166,8 +166,8 @@ class Agent:
 
     def _build_stations(self) -> None:
         """Cameras, models and image archives of the vision stations, wired to the devices
-        whose points they watch and write. numpy, OpenCV and onnxruntime (together about
-        70 MiB) are loaded only here, when the configuration has stations."""
+        whose points they watch and write. numpy, OpenCV and onnxruntime (together 56 MiB)
+        are loaded only here, when the configuration has stations."""
         try:
             from drivers.camera import open_camera
             from inference.session import ModelError
