@@ -197,6 +197,38 @@ def _print_report(
             Text(str(device.get("last_error") or "-")),
         )
     console.print(table)
+    stations: dict[str, dict[str, Any]] = report.get("stations") or {}
+    if stations:
+        console.print(_stations_table(stations))
+
+
+def _stations_table(stations: dict[str, dict[str, Any]]) -> Table:
+    """One row per vision station: camera, counts, yield, trigger -> verdict in the PLC
+    latency (ms) and the last verdict."""
+    table = Table()
+    columns = ("station", "camera", "inspected", "yield", "NG/err/missed", "ms p50/p95", "last")
+    for column in columns:
+        table.add_column(column)
+    for name, station in stations.items():
+        camera = str((station.get("camera") or {}).get("state", "?"))
+        yield_ = station.get("yield")
+        latency = station.get("latency_ms") or {}
+        recent = station.get("recent") or []
+        last = recent[-1] if recent else None
+        table.add_row(
+            name,
+            Text(camera, style="green" if camera == "connected" else "bold red"),
+            f"{station.get('inspections', 0):,}",
+            "-" if yield_ is None else f"{yield_:.1%}",
+            f"{station.get('ng', 0):,}/{station.get('errors', 0):,}/"
+            f"{station.get('missed_triggers', 0):,}",
+            f"{latency.get('p50', '-')}/{latency.get('p95', '-')}",
+            "-"
+            if last is None
+            else f"part {last.get('part_id')}: {str(last.get('verdict', '?')).upper()}"
+            + (f" {last['class']}" if last.get("class") else ""),
+        )
+    return table
 
 
 def time_text(ms: int, *, zone: bool = True) -> str:

@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
+import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -293,6 +297,17 @@ def test_trigger_to_verdict_in_plc_event_and_ng_image(
     assert station["missed_triggers"] == 0
     assert station["latency_ms"]["p50"] > 0
     assert station["images"]["saved"] == 1
+    # On the gateway, `shopfloor status` shows the station from the outbox file.
+    status = subprocess.run(
+        [sys.executable, "-m", "agent", "status", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "COLUMNS": "200"},
+        check=False,
+    )
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert re.search(r"check .* connected .* 3 .* 66\.7% .* 1/0/0 .* part 103: OK", status.stdout)
     assert agent.stop() == 0
 
 
