@@ -1,0 +1,1 @@
+"""Energy management: meter counters and power integration (`counters`)."""
