@@ -16,7 +16,7 @@ from agent import __version__
 from agent.buffer import LiveBuffer
 from agent.commands import CommandRequest, CommandRouter, inspect_handler, ping_handler
 from agent.credentials import SecretUnavailable, read_secret
-from agent.model import Event, now_ms
+from agent.model import Event, Sample, now_ms
 from agent.outbox import Outbox
 from agent.pipeline import Batch, DeviceRunner, Handoff, OutboxWriter, PipelineStats
 from agent.publish.mqtt import MqttPublisher
@@ -145,6 +145,9 @@ class Agent:
         self.cameras: dict[str, Any] = {}
         if config.stations:
             self._build_stations()
+        self.energy: list[Any] = []
+        if config.energy:
+            self._build_energy()
         self._commands()
         self.writer = OutboxWriter(
             self.buffer,
@@ -245,6 +248,46 @@ class Agent:
             for runner in {owners[point_id][0] for point_id in watched if point_id}:
                 runner.observers.append(station.observe)
             self.stations.append(station)
+
+    def _build_energy(self) -> None:
+        """The energy consumers, each an observer of the devices that own its points; its KPI
+        samples go out on the meter's device. inference.energy is imported only here."""
+        from inference.energy.counters import EnergyConfigError
+        from inference.energy.engine import EnergyConsumer
+
+        owners = {point.id: runner for runner in self.runners for point in runner.device.points}
+        scales = {
+            point.id: (float(getattr(point, "scale", 1.0)), float(getattr(point, "offset", 0.0)))
+            for runner in self.runners
+            for point in runner.device.points
+        }
+        for settings in self.config.energy:
+            meter = settings.energy.point if settings.energy is not None else None
+            if meter is None:
+                assert settings.power is not None
+                meter = settings.power.point
+            try:
+                consumer = EnergyConsumer(
+                    settings,
+                    device=owners[meter].device.name,
+                    publish_metrics=self._publish_metrics,
+                    publish_event=self._publish_event,
+                    scales=scales,
+                )
+            except EnergyConfigError as exc:
+                raise StartupError(f"energy {settings.name}: {exc}") from exc
+            except ImportError as exc:  # a baseline needs onnxruntime and numpy
+                raise StartupError(
+                    f"energy {settings.name}: its baseline needs onnxruntime ({exc}): install "
+                    "it with pip install 'shopfloor-agent[vision]'"
+                ) from exc
+            for runner in {owners[point] for point in consumer.points}:
+                runner.observers.append(consumer.observe)
+            self.energy.append(consumer)
+
+    def _publish_metrics(self, device: str, samples: list[Sample]) -> None:
+        if samples:
+            self.handoff.put(Batch("metrics", device, samples))
 
     # -- remote commands ---------------------------------------------------------------------
 
@@ -416,6 +459,11 @@ class Agent:
             **(
                 {"stations": {station.name: station.health() for station in self.stations}}
                 if self.stations
+                else {}
+            ),
+            **(
+                {"energy": {consumer.name: consumer.health() for consumer in self.energy}}
+                if self.energy
                 else {}
             ),
             "process": {

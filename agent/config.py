@@ -29,6 +29,7 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from agent.profiles import Profile
 from agent.settings import (
+    ENERGY_DERIVED_FEATURES,
     REGISTER_COUNT,
     AnyDevice,
     Config,
@@ -356,6 +357,18 @@ def _resolve_paths(config: Config, base: Path) -> Config:
                 else camera
                 for camera in config.cameras
             ],
+            "energy": [
+                consumer.model_copy(
+                    update={
+                        "baseline": consumer.baseline.model_copy(
+                            update={"model": _resolve(base, consumer.baseline.model)}
+                        )
+                    }
+                )
+                if consumer.baseline is not None
+                else consumer
+                for consumer in config.energy
+            ],
             "stations": [
                 station.model_copy(
                     update={
@@ -682,6 +695,7 @@ def _cross_check(document: dict[str, Any], locator: _Locator, base: Path) -> lis
                     break
             occupied.setdefault(table, []).append((start, end, str(point_id), bit, notation))
     problems.extend(_check_vision(document, locator, base, point_owner))
+    problems.extend(_check_energy(document, locator, base, point_owner))
     mqtt = document.get("mqtt")
     if isinstance(mqtt, dict):
         files: list[tuple[Loc, object]] = [(("mqtt", "password_file"), mqtt.get("password_file"))]
@@ -767,6 +781,51 @@ def _check_vision(
             missing = _missing(base, path, "model file")
             if missing:
                 problems.append(locator.problem(("stations", s, "models", m, "path"), missing))
+    return problems
+
+
+def _check_energy(
+    document: dict[str, Any], locator: _Locator, base: Path, point_owner: dict[str, Loc]
+) -> list[ConfigProblem]:
+    """Energy consumers: unique names, every point they read configured on a device, and the
+    baseline model file present."""
+    problems: list[ConfigProblem] = []
+    consumers = document.get("energy")
+    names: dict[str, Loc] = {}
+    for e, consumer in enumerate(consumers if isinstance(consumers, list) else []):
+        if not isinstance(consumer, dict):
+            continue
+        problems.extend(_name_taken(consumer, ("energy", e, "name"), names, locator))
+        references: list[tuple[Loc, object]] = [
+            (("energy", e, key), consumer.get(key)) for key in ("state_point", "parts", "rejects")
+        ]
+        for meter in ("energy", "power"):
+            settings = consumer.get(meter)
+            if isinstance(settings, dict):
+                references.append((("energy", e, meter, "point"), settings.get("point")))
+        baseline = consumer.get("baseline")
+        if isinstance(baseline, dict):
+            missing = _missing(base, baseline.get("model"), "model file")
+            if missing:
+                problems.append(locator.problem(("energy", e, "baseline", "model"), missing))
+            features = baseline.get("features")
+            for feature, source in (features if isinstance(features, dict) else {}).items():
+                if source not in ENERGY_DERIVED_FEATURES:
+                    references.append((("energy", e, "baseline", "features", feature), source))
+        for loc, point_id in references:
+            if isinstance(point_id, str) and point_id not in point_owner:
+                problems.append(
+                    locator.problem(
+                        loc,
+                        f"no point with id '{point_id}': "
+                        + (
+                            "a feature is a point configured on a device under devices:, or "
+                            f"one of {', '.join(ENERGY_DERIVED_FEATURES)}"
+                            if "features" in loc
+                            else "energy points must be configured on a device under devices:"
+                        ),
+                    )
+                )
     return problems
 
 

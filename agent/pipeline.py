@@ -191,8 +191,9 @@ class DeviceRunner:
                 if not self._observer_failed:
                     self._observer_failed = True
                     log.exception(
-                        "A station watching device %s failed on its samples; the device's "
-                        "data keeps flowing. Please report this with the traceback below.",
+                        "A station or energy consumer watching device %s failed on its samples; "
+                        "the device's data keeps flowing. Please report this with the traceback "
+                        "below.",
                         self.device.name,
                     )
         kept = self.transforms.apply(samples)

@@ -16,10 +16,16 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 __all__ = [
+    "ENERGY_DERIVED_FEATURES",
     "AgentSettings",
     "CameraSettings",
     "Config",
     "DeviceSettings",
+    "EnergyBaselineSettings",
+    "EnergyCounterSettings",
+    "EnergyPowerSettings",
+    "EnergySettings",
+    "EnergyShift",
     "FieldError",
     "ModbusDevice",
     "ModbusPoint",
@@ -956,6 +962,149 @@ class StationSettings(_Strict):
         return self
 
 
+_HHMM = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+
+
+def _check_hhmm(text: str) -> str:
+    if not _HHMM.match(text):
+        raise ValueError(f"expected a local time as HH:MM from 00:00 to 23:59, got {text!r}")
+    return text
+
+
+ClockTime = Annotated[str, AfterValidator(_check_hhmm)]
+MachineStateName = Literal["off", "idle", "producing"]
+PositiveFinite = Annotated[float, Field(gt=0)]
+
+
+class EnergyCounterSettings(_Strict):
+    """A meter's import-energy counter point, read raw (before the point's scale)."""
+
+    point: PointId
+    # `register:` in the file (a field named so would shadow BaseModel.register).
+    kind: Annotated[
+        Literal["integer", "float32", "float64"], Field(validation_alias="register")
+    ] = "integer"
+    # The register's width (integer registers): it wraps at 2^bits.
+    bits: Annotated[int, Field(ge=8, le=64)] = 32
+    # Raw register units to kWh: 1 for kWh, 0.001 for Wh.
+    unit_factor: PositiveFinite = 1.0
+    # The most the metered load can draw: a faster rise is an implausible jump, not energy.
+    max_power_kw: PositiveFinite
+
+
+class EnergyPowerSettings(_Strict):
+    """A meter's active power point, integrated to energy when no counter is available."""
+
+    point: PointId
+    # Raw units to kW: 1 for kW, 0.001 for W.
+    unit_factor: PositiveFinite = 1.0
+    # Two power samples further apart than this are not integrated across.
+    max_gap: Annotated[Seconds, _duration(0.01, 86400)] = 60.0
+
+
+class EnergyShift(_Strict):
+    """One shift of the calendar, local clock times as HH:MM; end <= start crosses midnight."""
+
+    name: Name
+    start: ClockTime
+    end: ClockTime
+
+
+# Baseline inputs computed from the consumer itself rather than read from a point.
+ENERGY_DERIVED_FEATURES = ("production_rate", "idle_share", "producing_share")
+
+
+class EnergyBaselineSettings(_Strict):
+    """An expected-power regression (ONNX) and where each of its input features comes from: a
+    point id, or production_rate (parts per minute), idle_share or producing_share (the share
+    of the interval's time in that state)."""
+
+    model: FilePath
+    features: dict[Annotated[str, Field(min_length=1, max_length=200)], PointId] = Field(
+        default_factory=dict
+    )
+    threads: Annotated[int, Field(ge=1, le=64)] = 1
+    # CUSUM allowance and decision limit, in residual standard deviations.
+    cusum_k: Annotated[float, Field(ge=0)] = 0.5
+    cusum_h: Annotated[float, Field(gt=0)] = 10.0
+
+
+class EnergySettings(_Strict):
+    """An energy consumer: a meter (counter or power), its machine's state, its parts, and the
+    KPIs published per interval on the meter's device."""
+
+    name: Name
+    energy: EnergyCounterSettings | None = None
+    power: EnergyPowerSettings | None = None
+    # Machine state from a PLC point mapped value -> state ...
+    state_point: PointId | None = None
+    state_map: dict[int | str, MachineStateName] | None = None
+    # ... or from power thresholds (needs power:) with hysteresis and a minimum dwell time.
+    off_below_kw: Annotated[float, Field(ge=0)] | None = None
+    producing_above_kw: Annotated[float, Field(ge=0)] | None = None
+    hysteresis_kw: Annotated[float, Field(ge=0)] = 0.0
+    min_dwell: Annotated[Seconds, _duration(0, 86400)] = 0.0
+    parts: PointId | None = None
+    rejects: PointId | None = None
+    interval: Annotated[Seconds, _duration(1, 900)] = 60.0
+    timezone: Annotated[str, Field(min_length=1, max_length=100)] = "UTC"
+    shifts: list[EnergyShift] = Field(default_factory=list)
+    baseline: EnergyBaselineSettings | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EnergySettings:
+        if self.energy is None and self.power is None:
+            raise FieldError(
+                "energy", "an energy consumer needs a meter: energy (a counter) or power"
+            )
+        if not self.interval.is_integer() or 900 % int(self.interval):
+            raise FieldError(
+                "interval",
+                f"must be a whole number of seconds dividing 15 minutes (900 s), "
+                f"got {self.interval:g}s",
+            )
+        if (self.state_point is None) != (self.state_map is None):
+            missing = "state_map" if self.state_map is None else "state_point"
+            raise FieldError(missing, "state_point and state_map go together")
+        if self.state_map is not None and not self.state_map:
+            raise FieldError("state_map", "must map at least one value to a state")
+        thresholds = (self.off_below_kw, self.producing_above_kw)
+        if any(value is not None for value in thresholds):
+            if None in thresholds:
+                missing = "off_below_kw" if self.off_below_kw is None else "producing_above_kw"
+                raise FieldError(missing, "off_below_kw and producing_above_kw go together")
+            if self.state_point is not None:
+                raise FieldError(
+                    "off_below_kw", "give either state_point or power thresholds, not both"
+                )
+            if self.power is None:
+                raise FieldError("off_below_kw", "power thresholds need a power point (power:)")
+            assert self.off_below_kw is not None and self.producing_above_kw is not None
+            if self.producing_above_kw <= self.off_below_kw:
+                raise FieldError("producing_above_kw", "must be above off_below_kw")
+        try:
+            from zoneinfo import ZoneInfo
+
+            ZoneInfo(self.timezone)
+        except (ValueError, OSError, KeyError):  # ZoneInfoNotFoundError is a KeyError
+            raise FieldError(
+                "timezone", f"{self.timezone!r} is not an IANA time zone such as Europe/Berlin"
+            ) from None
+        names: list[str] = []
+        for index, shift in enumerate(self.shifts):
+            if shift.name in names:
+                raise FieldError(("shifts", index, "name"), f"shift {shift.name!r} is given twice")
+            names.append(shift.name)
+            for key in ("start", "end"):
+                hours, minutes = map(int, getattr(shift, key).split(":"))
+                if (hours * 3600 + minutes * 60) % int(self.interval):
+                    raise FieldError(
+                        ("shifts", index, key),
+                        f"must fall on an interval boundary ({self.interval:g}s)",
+                    )
+        return self
+
+
 class Config(_Strict):
     """The whole agent configuration file."""
 
@@ -965,6 +1114,7 @@ class Config(_Strict):
     devices: Annotated[list[DeviceSettings], Field(min_length=1)]
     cameras: list[CameraSettings] = Field(default_factory=list)
     stations: list[StationSettings] = Field(default_factory=list)
+    energy: list[EnergySettings] = Field(default_factory=list)
 
     @classmethod
     def from_validated(cls, data: dict[str, Any]) -> Config:
@@ -1019,6 +1169,7 @@ class Config(_Strict):
                 for camera in data.get("cameras", [])
             ],
             stations=[_station_from_validated(station) for station in data.get("stations", [])],
+            energy=[_energy_from_validated(consumer) for consumer in data.get("energy", [])],
         )
 
     @model_validator(mode="after")
@@ -1069,6 +1220,30 @@ def _station_from_validated(station: dict[str, Any]) -> StationSettings:
             images = {**images, "directory": Path(images["directory"])}
         nested["images"] = StationImages.model_construct(**images)
     return StationSettings.model_construct(**{**station, **nested})
+
+
+def _energy_from_validated(consumer: dict[str, Any]) -> EnergySettings:
+    """An EnergySettings from its validated JSON, without validators; see
+    `Config.from_validated`. JSON turned the state map's integer keys into strings: they are
+    turned back."""
+    nested: dict[str, Any] = {}
+    if consumer.get("energy") is not None:
+        nested["energy"] = EnergyCounterSettings.model_construct(**consumer["energy"])
+    if consumer.get("power") is not None:
+        nested["power"] = EnergyPowerSettings.model_construct(**consumer["power"])
+    if consumer.get("state_map") is not None:
+        nested["state_map"] = {
+            int(key) if re.fullmatch(r"-?[0-9]+", key) else key: state
+            for key, state in consumer["state_map"].items()
+        }
+    if consumer.get("baseline") is not None:
+        baseline = consumer["baseline"]
+        nested["baseline"] = EnergyBaselineSettings.model_construct(
+            **{**baseline, "model": Path(baseline["model"])}
+        )
+    if "shifts" in consumer:
+        nested["shifts"] = [EnergyShift.model_construct(**shift) for shift in consumer["shifts"]]
+    return EnergySettings.model_construct(**{**consumer, **nested})
 
 
 # -- device profiles (config/profiles/*.yaml) -------------------------------------------------

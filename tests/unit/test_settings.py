@@ -204,3 +204,40 @@ def test_cameras_and_stations_rebuild_identically(tmp_path: Path, exclude_defaul
     assert isinstance(rebuilt.stations[0].images.directory, Path)
     assert isinstance(rebuilt.cameras[0].folder, Path)
     assert rebuilt.stations[1].trigger.interval == 2.0
+
+
+@pytest.mark.parametrize("exclude_defaults", [False, True])
+def test_energy_consumers_rebuild_identically(tmp_path: Path, exclude_defaults: bool):
+    path = tmp_path / "agent.yaml"
+    path.write_text(
+        "agent: {id: gw}\nmqtt: {host: h}\ndevices:\n"
+        "  - {name: m, driver: modbus_tcp, host: 10.0.0.2, points: [\n"
+        "      {id: e, address: 'input:0', type: uint32},\n"
+        "      {id: p, address: 'input:2', type: float32},\n"
+        "      {id: s, address: 'holding:0', type: uint16},\n"
+        "      {id: n, address: 'holding:1', type: uint32}]}\n"
+        "energy:\n"
+        "  - name: press\n"
+        "    energy: {point: e, register: integer, bits: 32, unit_factor: 0.001,"
+        " max_power_kw: 150}\n"
+        "    state_point: s\n    state_map: {0: off, 1: idle, 2: producing, Run: producing}\n"
+        "    parts: n\n    interval: 5m\n    timezone: Europe/Berlin\n"
+        "    shifts: [{name: early, start: '06:00', end: '14:00'},"
+        " {name: night, start: '22:00', end: '06:00'}]\n"
+        "  - name: oven\n    power: {point: p, unit_factor: 0.001, max_gap: 30s}\n"
+        "    off_below_kw: 1\n    producing_above_kw: 20\n    hysteresis_kw: 0.5\n"
+        "    min_dwell: 10s\n"
+        "    baseline: {model: model.onnx, features: {rate: production_rate, temp: p}}\n"
+    )
+    (tmp_path / "model.onnx").write_bytes(b"")  # loading the config only checks it exists
+    config = load_config(path)
+    assert config.energy[1].baseline is not None
+    assert config.energy[1].baseline.model == tmp_path.resolve() / "model.onnx"
+    assert config.energy[0].energy is not None
+    assert config.energy[0].energy.kind == "integer"
+    dumped = config.model_dump_json(exclude_defaults=exclude_defaults)
+    rebuilt = Config.from_validated(json.loads(dumped))
+    assert rebuilt == config
+    assert rebuilt.energy[0].state_map == {0: "off", 1: "idle", 2: "producing", "Run": "producing"}
+    assert rebuilt.energy[1].power is not None
+    assert rebuilt.energy[1].power.max_gap == 30.0
