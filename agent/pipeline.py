@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -24,13 +23,12 @@ from agent.publish.payload import utf8_size
 from agent.retention import Retention
 from agent.settings import AnyDevice, ModbusPoint, OpcUaPoint, OutboxSettings
 from agent.transforms import TransformChain
-from drivers.base import NotConnected, PolledDriver
+from drivers.base import NotConnected, PolledDriver, backoff_delay
 
-__all__ = ["Batch", "DeviceRunner", "OutboxWriter", "PipelineStats", "backoff_delay", "encode_rows"]
+__all__ = ["Batch", "DeviceRunner", "OutboxWriter", "PipelineStats", "encode_rows"]
 
 log = logging.getLogger(__name__)
 
-_BACKOFF_BASE_S = 0.25
 # Rows the live buffer may hold before the writer stops taking batches (only reached when the
 # disk fails): bounds memory; the handoff queue then fills and counts what it drops.
 _MAX_LIVE_ROWS = 20_000
@@ -59,11 +57,6 @@ class PipelineStats:
     records_dropped: int = 0
     polls_late: dict[str, int] = field(default_factory=dict)
     drop_episode: bool = False
-
-
-def backoff_delay(attempt: int, cap: float, base: float = _BACKOFF_BASE_S) -> float:
-    """Exponential backoff with full jitter: uniform in [0, min(cap, base * 2**attempt)]."""
-    return random.uniform(0, min(cap, base * 2 ** min(attempt, 30)))  # noqa: S311
 
 
 class Handoff:

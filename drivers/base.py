@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -18,9 +19,18 @@ __all__ = [
     "PolledDriver",
     "Unsupported",
     "WriteRefused",
+    "backoff_delay",
 ]
 
+_BACKOFF_BASE_S = 0.25
+
 PointT_contra = TypeVar("PointT_contra", contravariant=True)
+
+
+def backoff_delay(attempt: int, cap: float, base: float = _BACKOFF_BASE_S) -> float:
+    """Exponential backoff with full jitter: uniform in [0, min(cap, base * 2**attempt)].
+    Device tasks and cameras wait this long before trying a lost connection again."""
+    return random.uniform(0, min(cap, base * 2 ** min(attempt, 30)))  # noqa: S311
 
 
 class DriverError(Exception):

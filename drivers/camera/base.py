@@ -4,7 +4,6 @@ the newest-frame slot, counters, and the grabber thread's life cycle."""
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 
@@ -19,16 +18,9 @@ from drivers.camera.frames import (
     Image,
 )
 
-__all__ = ["CameraBase", "GrabberCamera", "backoff_delay"]
+__all__ = ["CameraBase", "GrabberCamera"]
 
 log = logging.getLogger("drivers.camera")
-
-_BACKOFF_BASE_S = 0.25
-
-
-def backoff_delay(attempt: int, cap: float, base: float = _BACKOFF_BASE_S) -> float:
-    """Exponential backoff with full jitter: uniform in [0, min(cap, base * 2**attempt)]."""
-    return random.uniform(0, min(cap, base * 2 ** min(attempt, 30)))  # noqa: S311
 
 
 class CameraBase:

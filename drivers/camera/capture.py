@@ -19,7 +19,8 @@ from urllib.parse import urlsplit, urlunsplit
 import cv2
 
 from agent.model import now_ms
-from drivers.camera.base import GrabberCamera, backoff_delay
+from drivers.base import backoff_delay
+from drivers.camera.base import GrabberCamera
 from drivers.camera.frames import as_bgr, fit_size
 
 __all__ = ["CaptureCamera", "mask_credentials"]

@@ -26,8 +26,8 @@ import cv2
 import numpy as np
 
 from agent.model import now_ms
-from drivers.base import LinkState
-from drivers.camera.base import CameraBase, GrabberCamera, backoff_delay
+from drivers.base import LinkState, backoff_delay
+from drivers.camera.base import CameraBase, GrabberCamera
 from drivers.camera.frames import CameraUnavailable, Frame, Image, as_bgr, fit_size
 
 __all__ = ["FolderReplayCamera", "ImageFolder", "TriggeredFolderCamera"]
